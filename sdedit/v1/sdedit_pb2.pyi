@@ -1,0 +1,182 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLER_UNSPECIFIED: _ClassVar[Sampler]
+    SAMPLER_DDPM: _ClassVar[Sampler]
+    SAMPLER_DDIM: _ClassVar[Sampler]
+    SAMPLER_EULER_MARUYAMA: _ClassVar[Sampler]
+
+class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTPUT_FORMAT_UNSPECIFIED: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_PNG: _ClassVar[OutputFormat]
+    OUTPUT_FORMAT_NPY: _ClassVar[OutputFormat]
+SAMPLER_UNSPECIFIED: Sampler
+SAMPLER_DDPM: Sampler
+SAMPLER_DDIM: Sampler
+SAMPLER_EULER_MARUYAMA: Sampler
+OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
+OUTPUT_FORMAT_PNG: OutputFormat
+OUTPUT_FORMAT_NPY: OutputFormat
+
+class EditRequest(_message.Message):
+    __slots__ = ("model", "image", "mask", "t0", "steps", "repeats", "sampler", "eta", "seed", "num_samples", "output_format", "preview_every", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    T0_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    image: bytes
+    mask: bytes
+    t0: float
+    steps: int
+    repeats: int
+    sampler: Sampler
+    eta: float
+    seed: int
+    num_samples: int
+    output_format: OutputFormat
+    preview_every: int
+    request_id: str
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., t0: _Optional[float] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., preview_every: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("data", "media_type", "seed")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    media_type: str
+    seed: int
+    def __init__(self, data: _Optional[bytes] = ..., media_type: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class StageTimings(_message.Message):
+    __slots__ = ("queue_seconds", "decode_seconds", "sde_seconds", "network_seconds", "encode_seconds", "total_seconds")
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SDE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_seconds: float
+    decode_seconds: float
+    sde_seconds: float
+    network_seconds: float
+    encode_seconds: float
+    total_seconds: float
+    def __init__(self, queue_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., sde_seconds: _Optional[float] = ..., network_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+
+class EditResponse(_message.Message):
+    __slots__ = ("images", "network_calls", "timings", "model", "model_hash", "cached", "request_id", "steps", "repeats", "sampler")
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    network_calls: int
+    timings: StageTimings
+    model: str
+    model_hash: str
+    cached: bool
+    request_id: str
+    steps: int
+    repeats: int
+    sampler: Sampler
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., network_calls: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., model: _Optional[str] = ..., model_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., request_id: _Optional[str] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("repeat", "repeats", "step", "steps", "network_calls", "total_network_calls", "elapsed_seconds")
+    REPEAT_FIELD_NUMBER: _ClassVar[int]
+    REPEATS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_NETWORK_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    repeat: int
+    repeats: int
+    step: int
+    steps: int
+    network_calls: int
+    total_network_calls: int
+    elapsed_seconds: float
+    def __init__(self, repeat: _Optional[int] = ..., repeats: _Optional[int] = ..., step: _Optional[int] = ..., steps: _Optional[int] = ..., network_calls: _Optional[int] = ..., total_network_calls: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ...) -> None: ...
+
+class Preview(_message.Message):
+    __slots__ = ("progress", "images")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class EditEvent(_message.Message):
+    __slots__ = ("progress", "preview", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    preview: Preview
+    result: EditResponse
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., preview: _Optional[_Union[Preview, _Mapping]] = ..., result: _Optional[_Union[EditResponse, _Mapping]] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "content_hash", "width", "height", "channels", "sde_type", "timesteps", "default_steps", "is_default", "flexible_size", "size_multiple", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    SDE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTEPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    FLEXIBLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_MULTIPLE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    content_hash: str
+    width: int
+    height: int
+    channels: int
+    sde_type: str
+    timesteps: int
+    default_steps: int
+    is_default: bool
+    flexible_size: bool
+    size_multiple: int
+    description: str
+    def __init__(self, name: _Optional[str] = ..., content_hash: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sde_type: _Optional[str] = ..., timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., is_default: _Optional[bool] = ..., flexible_size: _Optional[bool] = ..., size_multiple: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""The gRPC transport: handlers convert messages to plain dataclasses and back."""

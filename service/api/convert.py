@@ -1,0 +1,79 @@
+"""Protobuf <-> service types. Protobuf types stop here; the service never sees them."""
+
+from __future__ import annotations
+
+from sdedit.v1 import sdedit_pb2 as pb
+from service.backends.base import ModelInfo
+from service.errors import InvalidArgument
+from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+
+SAMPLER_NAMES = {
+    pb.SAMPLER_UNSPECIFIED: "",
+    pb.SAMPLER_DDPM: "ddpm",
+    pb.SAMPLER_DDIM: "ddim",
+    pb.SAMPLER_EULER_MARUYAMA: "euler_maruyama",
+}
+SAMPLER_ENUMS = {name: value for value, name in SAMPLER_NAMES.items() if name}
+OUTPUT_FORMATS = {pb.OUTPUT_FORMAT_UNSPECIFIED: "png", pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_NPY: "npy"}
+
+
+def edit_request_from_proto(msg: pb.EditRequest) -> EditRequestData:
+    if msg.sampler not in SAMPLER_NAMES:
+        raise InvalidArgument("sampler", f"unknown value {msg.sampler}; known: {', '.join(pb.Sampler.keys())}")
+    if msg.output_format not in OUTPUT_FORMATS:
+        raise InvalidArgument("output_format", f"unknown value {msg.output_format}; known: {', '.join(pb.OutputFormat.keys())}")
+    return EditRequestData(
+        image=msg.image,
+        t0=msg.t0,
+        model=msg.model,
+        mask=msg.mask,
+        steps=msg.steps,
+        repeats=msg.repeats,
+        sampler=SAMPLER_NAMES[msg.sampler],
+        eta=msg.eta,
+        seed=msg.seed if msg.HasField("seed") else None,
+        num_samples=msg.num_samples,
+        output_format=OUTPUT_FORMATS[msg.output_format],
+        preview_every=msg.preview_every,
+        request_id=msg.request_id,
+    )
+
+
+def edit_response_to_proto(outcome: EditOutcome) -> pb.EditResponse:
+    t = outcome.timings
+    return pb.EditResponse(
+        images=[pb.Image(data=i.data, media_type=i.media_type, seed=i.seed) for i in outcome.images],
+        network_calls=outcome.network_calls,
+        timings=pb.StageTimings(
+            queue_seconds=t.queue_seconds, decode_seconds=t.decode_seconds, sde_seconds=t.sde_seconds,
+            network_seconds=t.network_seconds, encode_seconds=t.encode_seconds, total_seconds=t.total_seconds,
+        ),
+        model=outcome.model.name,
+        model_hash=outcome.model.content_hash,
+        cached=outcome.cached,
+        request_id=outcome.request_id,
+        steps=outcome.steps,
+        repeats=outcome.repeats,
+        sampler=SAMPLER_ENUMS[outcome.sampler],
+    )
+
+
+def progress_to_proto(update: ProgressUpdate) -> pb.EditEvent:
+    progress = pb.Progress(
+        repeat=update.repeat, repeats=update.repeats, step=update.step, steps=update.steps,
+        network_calls=update.network_calls, total_network_calls=update.total_network_calls,
+        elapsed_seconds=update.elapsed_seconds,
+    )
+    if update.previews:
+        images = [pb.Image(data=data, media_type="image/png") for data in update.previews]
+        return pb.EditEvent(preview=pb.Preview(progress=progress, images=images))
+    return pb.EditEvent(progress=progress)
+
+
+def model_info_to_proto(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=info.name, content_hash=info.content_hash, width=info.width, height=info.height,
+        channels=info.channels, sde_type=info.sde.sde_type, timesteps=info.sde.timesteps,
+        default_steps=info.default_steps, is_default=is_default, flexible_size=info.flexible_size,
+        size_multiple=info.size_multiple, description=info.description,
+    )

@@ -1,0 +1,171 @@
+"""The one place that maps service errors to gRPC status codes (a server interceptor).
+
+    InvalidArgument   -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    RequestIdConflict -> ALREADY_EXISTS (a request_id reused for a different request)
+    ResourceExhausted -> RESOURCE_EXHAUSTED     Unavailable / BackendError -> UNAVAILABLE
+    DeadlineExceeded  -> DEADLINE_EXCEEDED      Cancelled -> CANCELLED
+    anything else     -> INTERNAL, logged once with the method name (details stay in the log)
+
+Every status carries a google.rpc.ErrorInfo with a stable reason and domain "sdedit.v1".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    RequestIdConflict,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+ERROR_DOMAIN = "sdedit.v1"
+
+_CODES: list[tuple[type[ServiceError], int]] = [
+    (InvalidArgument, code_pb2.INVALID_ARGUMENT),
+    (RequestIdConflict, code_pb2.ALREADY_EXISTS),
+    (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
+    (Unavailable, code_pb2.UNAVAILABLE),
+    (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
+    (Cancelled, code_pb2.CANCELLED),
+]
+
+
+def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return _STATUS_CODES[code]
+    return grpc.StatusCode.INTERNAL
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_for(exc: BaseException, method: str) -> status_pb2.Status:
+    code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
+    if code == code_pb2.INTERNAL:
+        log.exception("internal error in %s", method, exc_info=exc)
+        message, reason = "internal error; the service logged the details", "INTERNAL"
+    else:
+        message, reason = str(exc), exc.reason  # type: ignore[attr-defined]
+    details = []
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata={"method": method}))
+    details.append(info)
+    if isinstance(exc, InvalidArgument):
+        bad = any_pb2.Any()
+        bad.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
+        ]))
+        details.append(bad)
+    return status_pb2.Status(code=code, message=message, details=details)
+
+
+async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    await context.abort_with_status(rpc_status.to_status(status_for(exc, method)))
+
+
+class RpcObserver(Protocol):
+    """Told when each RPC starts and ends (service/metrics.py counts them)."""
+
+    def rpc_started(self, method: str, rpc_type: str) -> None: ...
+
+    def rpc_handled(self, method: str, rpc_type: str, code: grpc.StatusCode, seconds: float) -> None: ...
+
+
+UNARY, SERVER_STREAM = "unary", "server_stream"
+
+
+class StatusInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler: maps exceptions to statuses; reports each RPC's start and its end
+    (method, type, code, seconds) to the observer."""
+
+    def __init__(self, observer: RpcObserver | None = None):
+        self._observer = observer
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _start(self, method: str, rpc_type: str) -> float:
+        if self._observer is not None:
+            self._observer.rpc_started(method, rpc_type)
+        return asyncio.get_running_loop().time()
+
+    def _observe(self, method: str, rpc_type: str, code: grpc.StatusCode, started: float) -> None:
+        if self._observer is not None:
+            self._observer.rpc_handled(method, rpc_type, code, asyncio.get_running_loop().time() - started)
+
+    def _ended(self, method: str, rpc_type: str, started: float, exc: BaseException, context) -> None:
+        """Reports a call that ended by an exception: before its status reaches the client."""
+        if not isinstance(exc, Exception):  # CancelledError, GeneratorExit: the client went away
+            code = grpc.StatusCode.CANCELLED
+        elif _is_abort(exc):
+            code = context.code() or grpc.StatusCode.UNKNOWN
+        else:
+            code = grpc_code(exc)
+        self._observe(method, rpc_type, code, started)
+
+    def _wrap_unary(self, behavior, method: str):
+        async def wrapper(request, context):
+            started = self._start(method, UNARY)
+            try:
+                response = await behavior(request, context)
+            except BaseException as exc:
+                self._ended(method, UNARY, started, exc, context)
+                if isinstance(exc, Exception) and not _is_abort(exc):
+                    await abort_with(context, exc, method)
+                raise
+            self._observe(method, UNARY, grpc.StatusCode.OK, started)
+            return response
+
+        return wrapper
+
+    def _wrap_stream(self, behavior, method: str):
+        async def wrapper(request, context):
+            started = self._start(method, SERVER_STREAM)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except BaseException as exc:
+                self._ended(method, SERVER_STREAM, started, exc, context)
+                if isinstance(exc, Exception) and not _is_abort(exc):
+                    await abort_with(context, exc, method)
+                raise
+            self._observe(method, SERVER_STREAM, grpc.StatusCode.OK, started)
+
+        return wrapper
+
+
+def _is_abort(exc: BaseException) -> bool:
+    """context.abort() raises this to end the RPC: it is a status already set, not an error."""
+    return type(exc).__name__ == "AbortError"

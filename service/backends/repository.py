@@ -1,0 +1,235 @@
+"""The model repository: model_repository/<name>/config.pbtxt + 1/model.onnx.
+
+One source of truth for both backends. config.pbtxt is Triton's own ModelConfig (parsed
+with Triton's schema); the SDE metadata lives in its `parameters`:
+
+    sde             vp_discrete | vp | ve
+    timesteps       number of levels N (1000 for DDPM)
+    beta_min/max    VP schedule       sigma_min/max    VE schedule
+    prediction_type epsilon
+    width, height, channels   the native resolution
+    flexible_size   "true" if other sizes (multiples of size_multiple) are accepted
+    default_steps   recommended network calls per repeat for interactive use
+    description     one line for ListModels
+
+The content hash covers the ONNX bytes (and an external-data file, if any) and the SDE
+metadata, so a new weight file or schedule never serves an old cached result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from service.backends.base import ModelInfo
+from service.errors import ModelConfigError
+from service.sdedit.schedules import SDESpec
+
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.pbtxt"
+REQUIRED_PARAMETERS = ("sde", "timesteps", "prediction_type", "width", "height", "channels")
+
+
+def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
+    path = model_dir / CONFIG_FILE
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise ModelConfigError(f"{path}: {exc}") from exc
+
+
+def config_parameters(config: model_config_pb2.ModelConfig) -> dict[str, str]:
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+# Defaults per SDE type: DDPM's linear betas, Song et al.'s continuous VP and VE values.
+SDE_DEFAULTS = {
+    "vp_discrete": {"beta_min": 1e-4, "beta_max": 0.02},
+    "vp": {"beta_min": 0.1, "beta_max": 20.0},
+    "ve": {"sigma_min": 0.01, "sigma_max": 50.0},
+}
+
+
+def sde_spec_from_parameters(params: dict[str, str], where: str = "") -> SDESpec:
+    sde_type = params.get("sde", "vp_discrete")
+    if sde_type not in SDE_DEFAULTS:
+        raise ModelConfigError(f"{where}unknown sde {sde_type!r}; known: {', '.join(SDE_DEFAULTS)}")
+    values: dict[str, float] = dict(SDE_DEFAULTS[sde_type])
+    for key in ("beta_min", "beta_max", "sigma_min", "sigma_max", "timesteps"):
+        if key in params:
+            try:
+                values[key] = float(params[key])
+            except ValueError as exc:
+                raise ModelConfigError(f"{where}parameter {key!r} is not a number: {params[key]!r}") from exc
+    timesteps = int(values.pop("timesteps", 1000))
+    try:
+        return SDESpec(sde_type=sde_type, timesteps=timesteps,
+                       prediction_type=params.get("prediction_type", "epsilon"), **values)
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}{exc}") from exc
+
+
+def model_files(model_dir: Path, config: model_config_pb2.ModelConfig) -> list[Path]:
+    version_dir = model_dir / "1"
+    onnx_path = version_dir / (config.default_model_filename or MODEL_FILE)
+    files = [onnx_path]
+    files += sorted(p for p in version_dir.glob("*.onnx.data"))
+    return files
+
+
+def content_hash(files: list[Path], spec: SDESpec, channels: int) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    digest.update(json.dumps({"sde": spec.__dict__, "channels": channels}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def load_model_info(model_dir: Path) -> ModelInfo:
+    """Reads and checks one model's configuration; raises ModelConfigError if malformed."""
+    config = read_config(model_dir)
+    if config.name and config.name != model_dir.name:
+        raise ModelConfigError(f"{model_dir}: config name {config.name!r} differs from its folder")
+    files = model_files(model_dir, config)
+    if not files[0].is_file():
+        raise ModelConfigError(f"{model_dir}: missing {files[0]}")
+    return model_info_from_config(config, model_dir.name, lambda spec, channels: content_hash(files, spec, channels),
+                                  where=f"{model_dir}: ")
+
+
+def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
+                           hasher: Callable[[SDESpec, int], str], where: str = "") -> ModelInfo:
+    """A model's facts from its Triton ModelConfig, wherever it was read (a file, or Triton).
+
+    hasher(spec, channels) gives the content hash once the metadata has been checked.
+    """
+    params = config_parameters(config)
+    missing = [key for key in REQUIRED_PARAMETERS if key not in params]
+    if missing:
+        raise ModelConfigError(f"{where}config.pbtxt parameters lack {', '.join(missing)}")
+    spec = sde_spec_from_parameters(params, where)
+    try:
+        width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
+        default_steps = int(params.get("default_steps", spec.timesteps))
+        size_multiple = int(params.get("size_multiple", "1"))
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}{exc}") from exc
+    inputs = [tensor.name for tensor in config.input]
+    outputs = [tensor.name for tensor in config.output]
+    if len(inputs) != 2 or len(outputs) != 1:
+        raise ModelConfigError(f"{where}expected inputs (x, t) and one output, got {inputs} -> {outputs}")
+    return ModelInfo(
+        name=name,
+        content_hash=hasher(spec, channels),
+        sde=spec,
+        width=width,
+        height=height,
+        channels=channels,
+        default_steps=max(1, min(default_steps, spec.timesteps)),
+        flexible_size=params.get("flexible_size", "false").lower() == "true",
+        size_multiple=max(1, size_multiple),
+        max_batch_size=config.max_batch_size,
+        description=params.get("description", ""),
+        input_names=(inputs[0], inputs[1]),
+        output_name=outputs[0],
+        parameters=params,
+    )
+
+
+def discover_models(repository: Path) -> list[Path]:
+    """Every folder of the repository that holds a config.pbtxt, sorted by name."""
+    if not repository.is_dir():
+        raise ModelConfigError(f"model repository {repository} is not a folder")
+    return sorted(p for p in repository.iterdir() if (p / CONFIG_FILE).is_file())
+
+
+def production_config(
+    info: ModelInfo,
+    max_batch_size: int = 64,
+    queue_delay_us: int = 100,
+    tensorrt: bool = False,
+) -> model_config_pb2.ModelConfig:
+    """The GPU config.pbtxt for Triton's ONNX Runtime backend.
+
+    Batched with a per-sample timestep: `t` is sent as [B, 1] and reshaped to [B] for the
+    graph. Dynamic batching merges concurrent edits' steps; the queue delay is short because
+    every step of a lone request pays it. Warm-up runs one batch at the native size.
+    """
+    config = model_config_pb2.ModelConfig(name=info.name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    h, w = (-1, -1) if info.flexible_size else (info.height, info.width)
+    x_name, t_name = info.input_names
+    config.input.add(name=x_name, data_type=model_config_pb2.TYPE_FP32, dims=[info.channels, h, w])
+    t_input = config.input.add(name=t_name, data_type=model_config_pb2.TYPE_FP32, dims=[1])
+    t_input.reshape.SetInParent()  # shape [] : one scalar per batch element
+    config.output.add(name=info.output_name, data_type=model_config_pb2.TYPE_FP32, dims=[info.channels, h, w])
+    config.instance_group.add(kind=model_config_pb2.ModelInstanceGroup.KIND_GPU, count=1)
+    config.dynamic_batching.max_queue_delay_microseconds = queue_delay_us
+    if tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        accelerator.parameters["trt_engine_cache_enable"] = "1"
+    warmup = config.model_warmup.add(name="native_size", batch_size=1)
+    warmup.inputs[x_name].data_type = model_config_pb2.TYPE_FP32
+    warmup.inputs[x_name].dims.extend([info.channels, info.height, info.width])
+    warmup.inputs[x_name].zero_data = True
+    warmup.inputs[t_name].data_type = model_config_pb2.TYPE_FP32
+    warmup.inputs[t_name].dims.extend([1])
+    warmup.inputs[t_name].zero_data = True
+    for key, value in sorted(info.parameters.items()):
+        config.parameters[key].string_value = value
+    return config
+
+
+def model_parameters(
+    spec: SDESpec,
+    width: int,
+    height: int,
+    channels: int,
+    default_steps: int,
+    description: str,
+    flexible_size: bool = False,
+    size_multiple: int = 1,
+) -> dict[str, str]:
+    """The `parameters` block that carries a model's SDE metadata."""
+    params = {
+        "sde": spec.sde_type,
+        "timesteps": str(spec.timesteps),
+        "prediction_type": spec.prediction_type,
+        "width": str(width),
+        "height": str(height),
+        "channels": str(channels),
+        "default_steps": str(default_steps),
+        "flexible_size": "true" if flexible_size else "false",
+        "size_multiple": str(size_multiple),
+        "description": description,
+    }
+    if spec.sde_type == "ve":
+        params |= {"sigma_min": repr(spec.sigma_min), "sigma_max": repr(spec.sigma_max)}
+    else:
+        params |= {"beta_min": repr(spec.beta_min), "beta_max": repr(spec.beta_max)}
+    return params
+
+
+def write_model(repository: Path, name: str, onnx_bytes: bytes, parameters: dict[str, str], **config_options) -> Path:
+    """Writes <repository>/<name>/config.pbtxt and 1/model.onnx; returns the model folder."""
+    model_dir = repository / name
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    (model_dir / "1" / MODEL_FILE).write_bytes(onnx_bytes)
+    spec = sde_spec_from_parameters(parameters)
+    info = ModelInfo(
+        name=name, content_hash="", sde=spec,
+        width=int(parameters["width"]), height=int(parameters["height"]), channels=int(parameters["channels"]),
+        default_steps=int(parameters["default_steps"]),
+        flexible_size=parameters.get("flexible_size") == "true", parameters=parameters,
+    )
+    config = production_config(info, **config_options)
+    (model_dir / CONFIG_FILE).write_text(text_format.MessageToString(config))
+    return model_dir

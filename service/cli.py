@@ -1,0 +1,205 @@
+"""The `sdedit` command: serve, edit, models, loadtest."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from service.config import SettingsError, add_arguments, load_settings
+from service.errors import BackendError, ModelConfigError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama")
+
+
+def _client_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server HOST:PORT (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds (default 600)")
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdedit", description="SDEdit image editing over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC service", description="Run the gRPC service. Every flag "
+                           "can also be set by the environment variable named in its help.")
+    add_arguments(serve)
+
+    edit = _client_parser(sub, "edit", "edit an image with a running service")
+    edit.add_argument("image", type=Path, help="guide image (PNG or JPEG)")
+    edit.add_argument("-o", "--output", type=Path, required=True, help="output file (.png, or .npy with --npy); "
+                      "with several samples, -0, -1, ... are added before the suffix")
+    edit.add_argument("--mask", type=Path, help="PNG mask: white = regenerate, black = keep")
+    edit.add_argument("--t0", type=float, default=0.5, help="editing strength in (0, 1] (default 0.5)")
+    edit.add_argument("--steps", type=int, default=0, help="network calls per repeat (default 0 = full schedule)")
+    edit.add_argument("--repeats", type=int, default=1, help="noise-then-denoise repeats K (default 1)")
+    edit.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: the model's reference sampler")
+    edit.add_argument("--eta", type=float, default=0.0, help="DDIM noise (default 0: deterministic)")
+    edit.add_argument("--seed", type=int, help="seed of the first sample (default random)")
+    edit.add_argument("--num-samples", type=int, default=1)
+    edit.add_argument("--model", default="", help="model name (default: the service's default)")
+    edit.add_argument("--npy", action="store_true", help="write raw float32 .npy instead of PNG")
+    edit.add_argument("--preview-every", type=int, default=0, help="save previews every N steps")
+    edit.add_argument("--preview-dir", type=Path, help="folder for previews (with --preview-every)")
+    edit.add_argument("--request-id", default="")
+    edit.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    _client_parser(sub, "models", "list the models of a running service")
+
+    from service.loadtest.cli import add_arguments as add_loadtest_arguments
+
+    loadtest = _client_parser(sub, "loadtest", "send a measured load to a running service and report latency and throughput")
+    loadtest.set_defaults(timeout=600.0)
+    loadtest.description = ("Send load to a running service: a closed loop of --concurrency callers, or an open loop "
+                            "at --rate requests/s (latency from each request's intended send time). Reports throughput, "
+                            "latency percentiles, status codes and cache hits; exits 1 when --max-p99 or "
+                            "--max-error-rate is missed. JSON schema: docs/loadtest.md.")
+    add_loadtest_arguments(loadtest)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args)
+    except SettingsError as exc:
+        print(f"sdedit serve: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    logging.getLogger(__name__).info("settings: %s", settings.describe())
+    from service.server import serve
+
+    try:
+        return asyncio.run(serve(settings))
+    except (ModelConfigError, BackendError, OSError) as exc:
+        print(f"sdedit serve: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_rpc_error(exc: grpc.RpcError) -> int:
+    print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return 1
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from service.client import Client
+
+    try:
+        with Client(args.address) as client:
+            models = client.list_models(timeout=args.timeout)
+    except grpc.RpcError as exc:
+        return _print_rpc_error(exc)
+    for m in models:
+        flags = " (default)" if m.is_default else ""
+        flexible = f", any size in multiples of {m.size_multiple}" if m.flexible_size else ""
+        print(f"{m.name}\t{m.width}x{m.height}\t{m.channels} channel(s)\t{m.sde_type}, {m.timesteps} timesteps, "
+              f"default steps {m.default_steps}{flexible}\thash {m.content_hash[:12]}{flags}")
+    return 0
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, fed by StreamEdit's progress events."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last_percent = -1
+
+    def update(self, done: int, total: int, elapsed: float) -> None:
+        if not self.enabled or total == 0:
+            return
+        percent = 100 * done // total
+        if not self.tty and percent // 10 == self.last_percent // 10:
+            return
+        self.last_percent = percent
+        filled = 30 * done // total
+        bar = "#" * filled + "." * (30 - filled)
+        line = f"[{bar}] {done}/{total} network calls {elapsed:6.1f}s"
+        if self.tty:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
+
+
+def _numbered(path: Path, index: int, count: int) -> Path:
+    return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from service.client import Client, build_request
+
+    try:
+        request = build_request(
+            args.image.read_bytes(), mask=args.mask.read_bytes() if args.mask else b"", t0=args.t0, steps=args.steps,
+            repeats=args.repeats, sampler=args.sampler, eta=args.eta, seed=args.seed, num_samples=args.num_samples,
+            model=args.model, npy=args.npy, preview_every=args.preview_every, request_id=args.request_id,
+        )
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bar = ProgressBar(not args.quiet)
+    started = time.perf_counter()
+    result = None
+    try:
+        with Client(args.address) as client:
+            for event in client.stream_edit(request, timeout=args.timeout):
+                kind = event.WhichOneof("event")
+                if kind == "progress":
+                    bar.update(event.progress.network_calls, event.progress.total_network_calls, event.progress.elapsed_seconds)
+                elif kind == "preview":
+                    p = event.preview.progress
+                    bar.update(p.network_calls, p.total_network_calls, p.elapsed_seconds)
+                    if args.preview_dir:
+                        args.preview_dir.mkdir(parents=True, exist_ok=True)
+                        for i, image in enumerate(event.preview.images):
+                            name = f"repeat{p.repeat}-step{p.step:04d}-sample{i}.png"
+                            (args.preview_dir / name).write_bytes(image.data)
+                else:
+                    result = event.result
+    except grpc.RpcError as exc:
+        bar.close()
+        return _print_rpc_error(exc)
+    bar.close()
+    if result is None:
+        print("error: the stream ended without a result", file=sys.stderr)
+        return 1
+    for i, image in enumerate(result.images):
+        path = _numbered(args.output, i, len(result.images))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image.data)
+        print(f"wrote {path} (seed {image.seed})")
+    cached = ", from cache" if result.cached else ""
+    print(f"model {result.model}, {result.network_calls} network calls per sample, "
+          f"{result.timings.total_seconds:.2f}s on the server, {time.perf_counter() - started:.2f}s in all{cached}")
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from service.loadtest.cli import main as loadtest_main
+
+    return loadtest_main(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": cmd_serve, "edit": cmd_edit, "models": cmd_models, "loadtest": cmd_loadtest}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

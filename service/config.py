@@ -1,0 +1,198 @@
+"""The service's settings: declared once, typed, each with a default and a line of help.
+
+Every setting can come from a command-line flag (`--max-queue 8`) or an environment
+variable (`SDEDIT_MAX_QUEUE=8`); a flag wins over the environment, which wins over the
+default. The result is frozen and logged at start-up; no other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SDEDIT_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_repository() -> Path:
+    """The checkout's model_repository/ (editable installs), else ./model_repository."""
+    bundled = PROJECT_ROOT / "model_repository"
+    return bundled if bundled.is_dir() else Path("model_repository")
+
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    if callable(default):
+        return field(default_factory=default, metadata={"help": help, "choices": choices})
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # transport
+    host: str = setting("0.0.0.0", "address the gRPC server binds")
+    port: int = setting(50051, "gRPC port (0 picks a free port)")
+    metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
+    max_message_mib: int = setting(64, "largest gRPC message accepted or sent, MiB")
+    max_connection_age_seconds: float = setting(0.0, "close client connections after this long, in-flight calls "
+                                                "unharmed, so clients reconnect and spread over replicas (0 = never)")
+    # models
+    model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
+    default_model: str = setting("digits-mixture", "model used when a request names none")
+    backend: str = setting("onnx", "score-network backend: onnx (in process) or triton", choices=("onnx", "triton"))
+    onnx_threads: int = setting(0, "ONNX Runtime intra-op threads (0 = one per core)")
+    # the triton backend
+    triton_url: str = setting("127.0.0.1:8001", "Triton gRPC address HOST:PORT (backend triton)")
+    triton_shared_memory: bool = setting(False, "pass tensors through system shared memory (Triton on this host only)")
+    triton_timeout_seconds: float = setting(30.0, "longest one network call may take (the edit's deadline may cut it shorter)")
+    triton_retry_seconds: float = setting(1.0, "how long a call retries UNAVAILABLE before the edit fails")
+    triton_startup_seconds: float = setting(60.0, "at start-up: how long to wait for Triton and its models to be ready")
+    health_poll_seconds: float = setting(1.0, "how often health re-checks the backend's readiness")
+    # admission and limits
+    max_concurrent_edits: int = setting(2, "edits running at once; more wait in the queue")
+    max_queue: int = setting(16, "edits waiting for a slot; beyond this RESOURCE_EXHAUSTED")
+    max_num_samples: int = setting(16, "largest num_samples per request")
+    max_pixels: int = setting(1 << 20, "largest image, in pixels (width x height)")
+    max_repeats: int = setting(10, "largest repeats (K) per request")
+    grace_seconds: float = setting(30.0, "on SIGTERM: time in-flight edits get to finish")
+    # result cache (docs: README "Result cache")
+    cache: str = setting("memory", "result cache: in-process LRU, Redis shared by replicas, or none",
+                         choices=("memory", "redis", "none"))
+    redis_url: str = setting("redis://127.0.0.1:6379/0", "Redis URL; rediss:// for TLS, redis://:PASSWORD@HOST:PORT/DB")
+    redis_password: str = setting("", "Redis password, kept out of the URL (e.g. SDEDIT_REDIS_PASSWORD from a Secret)")
+    cache_ttl_seconds: float = setting(3600.0, "lifetime of every cached result and request_id record")
+    cache_memory_bytes: int = setting(128 << 20, "memory cache bound, bytes of keys and values")
+    cache_max_entry_bytes: int = setting(16 << 20, "larger responses are not cached")
+    cache_key_prefix: str = setting("sdedit", "prefix of every cache key (share one Redis between deployments)")
+    cache_lock_seconds: float = setting(120.0, "single-flight: lock lifetime and the longest a duplicate waits for it")
+    redis_timeout_seconds: float = setting(0.5, "connect and command timeout; slower Redis counts as down")
+    redis_max_connections: int = setting(32, "Redis connection pool size per process")
+    cache_retry_seconds: float = setting(2.0, "after Redis failures: how long edits skip it before one probe")
+    log_level: str = setting("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be in [0, 65535], got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            problems.append(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
+        if self.port and self.port == self.metrics_port:
+            problems.append(f"port and metrics_port are both {self.port}")
+        for name in ("max_concurrent_edits", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
+                     "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            problems.append(f"max_queue must be >= 0, got {self.max_queue}")
+        for name in ("grace_seconds", "max_connection_age_seconds"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.cache == "redis" and urllib.parse.urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
+            problems.append(f"redis_url must start with redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}")
+        if self.redis_password and urllib.parse.urlsplit(self.redis_url).password is not None:
+            problems.append("redis_password is set and redis_url has a password too: give it in one place")
+        if not self.cache_key_prefix or not self.cache_key_prefix.isprintable() or " " in self.cache_key_prefix:
+            problems.append(f"cache_key_prefix must be printable with no spaces, got {self.cache_key_prefix!r}")
+        for name in ("triton_timeout_seconds", "health_poll_seconds"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("triton_retry_seconds", "triton_startup_seconds"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.triton_shared_memory and self.backend != "triton":
+            problems.append("triton_shared_memory needs backend triton")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        if problems:
+            raise SettingsError("; ".join(problems))
+
+    def describe(self) -> str:
+        """One line for the start-up log; passwords are masked."""
+        return " ".join(f"{f.name}={_loggable(f.name, getattr(self, f.name))}" for f in dataclasses.fields(self))
+
+
+def _loggable(name: str, value: Any) -> Any:
+    if name.endswith("_password"):
+        return "***" if value else ""
+    return redact_url(value) if name.endswith("_url") else value
+
+
+def redact_url(url: str) -> str:
+    """redis://:secret@host/0 -> redis://:***@host/0, for logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class SettingsError(ValueError):
+    """Conflicting or out-of-range settings; raised at start-up."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse(kind: type, raw: str, where: str) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{where}: expected true or false, got {raw!r}")
+    try:
+        return kind(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{where}: expected {kind.__name__}, got {raw!r}") from exc
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    kinds = {"str": str, "int": int, "float": float, "bool": bool, "Path": Path}
+    return kinds[str(f.type)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; the help shows the environment variable and the default."""
+    for f in dataclasses.fields(Settings):
+        kind = _field_type(f)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}, default {default}]"
+        if kind is bool:
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), type=str, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def load_settings(args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Flags (args) over environment (env) over defaults; keyword overrides win over all."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        kind = _field_type(f)
+        raw = getattr(args, f.name, None) if args is not None else None
+        if raw is not None:
+            values[f.name] = raw if isinstance(raw, bool) else _parse(kind, raw, _flag(f.name))
+        elif env_name(f.name) in env:
+            values[f.name] = _parse(kind, env[env_name(f.name)], env_name(f.name))
+    values.update(overrides)
+    return Settings(**values)

@@ -1,0 +1,72 @@
+"""The service's typed errors. One place (service/api/status.py) maps them to gRPC codes."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a caller may see, with a stable reason string."""
+
+    reason = "INTERNAL"
+
+
+class InvalidArgument(ServiceError):
+    """A request field is wrong; `field` names it (proto field path)."""
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+class RequestIdConflict(ServiceError):
+    """A request_id already used by a different request (within the cache TTL).
+
+    ALREADY_EXISTS rather than INVALID_ARGUMENT: the request is valid on its own; it clashes
+    with the service's state, and the same request with a fresh request_id would succeed.
+    """
+
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, message: str):
+        super().__init__(f"request_id: {message}")
+        self.field = "request_id"
+
+
+class ResourceExhausted(ServiceError):
+    """The admission queue is full; retry later."""
+
+    reason = "QUEUE_FULL"
+
+
+class Unavailable(ServiceError):
+    """The service is draining, or the score backend is down or not ready."""
+
+    reason = "UNAVAILABLE"
+
+
+class BackendError(Unavailable):
+    """The score backend failed; `kind` says how (for metrics and logs)."""
+
+    reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, message: str, kind: str = "unavailable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+class ModelConfigError(Exception):
+    """A model in the repository is malformed; raised at start-up so it fails fast."""
+
+
+class DeadlineExceeded(ServiceError):
+    """The caller's deadline passed; the loop stopped within one step."""
+
+    reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(ServiceError):
+    """The caller cancelled; the loop stopped within one step."""
+
+    reason = "CANCELLED"

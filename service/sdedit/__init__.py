@@ -1,0 +1,24 @@
+"""The SDEdit math: noise schedules, samplers and the editing engine. numpy only, no I/O.
+
+Notation (Meng et al. 2021, Ho et al. 2020): images live in [-1, 1]; a noise *level* k of a
+schedule has x_k = alpha_k * x_0 + sigma_k * eps. Level 0 is the clean image (alpha = 1,
+sigma = 0); levels 1..N are the network's timesteps. The network predicts eps.
+"""
+
+from service.sdedit.engine import EditCancelled, EditParams, EditResult, StepEvent, run_sdedit
+from service.sdedit.samplers import SAMPLERS, Sampler, get_sampler
+from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
+
+__all__ = [
+    "SAMPLERS",
+    "EditCancelled",
+    "EditParams",
+    "EditResult",
+    "NoiseSchedule",
+    "SDESpec",
+    "Sampler",
+    "StepEvent",
+    "build_schedule",
+    "get_sampler",
+    "run_sdedit",
+]

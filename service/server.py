@@ -1,0 +1,168 @@
+"""The gRPC server: ImageEditor, grpc.health.v1, reflection, message limits, shutdown.
+
+On SIGTERM (or SIGINT): health turns NOT_SERVING, new edits are refused with UNAVAILABLE,
+admitted edits (running or queued) get `grace_seconds` to finish, then the server stops
+and the process exits 0.
+
+Health follows the score backend: a watcher re-checks its readiness every
+`health_poll_seconds` (Triton down or a model unloaded: NOT_SERVING; back: SERVING), so
+load balancers route around a replica whose Triton is gone, without restarting it. The
+health service name `liveness` only says that this process answers (SERVING until shutdown):
+a liveness probe must not restart every replica because Triton is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
+from service.api.servicer import ImageEditorServicer
+from service.api.status import StatusInterceptor
+from service.cache import build_cache
+from service.config import Settings, redact_url
+from service.editing import EditService
+from service.metrics import Metrics
+from service.models import load_registry
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = sdedit_pb2.DESCRIPTOR.services_by_name["ImageEditor"].full_name
+LIVENESS = "liveness"  # a health name for liveness probes: independent of the backend
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    service: EditService
+    health: health.aio.HealthServicer
+    settings: Settings
+    metrics: Metrics
+    metrics_port: int | None = None  # None: no /metrics endpoint
+    watcher: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "[::]", "::") else self.settings.host
+        return f"{host}:{self.port}"
+
+    async def set_health(self, serving: bool) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
+
+    async def drain_and_stop(self, grace: float | None = None) -> bool:
+        """Graceful shutdown; returns whether every admitted edit finished in time."""
+        grace = self.settings.grace_seconds if grace is None else grace
+        started = time.monotonic()
+        if self.watcher is not None:
+            self.watcher.cancel()
+        await self.health.enter_graceful_shutdown()
+        self.service.admission.start_draining()
+        log.info("draining: %d edits in flight, up to %.0f s", self.service.admission.in_flight, grace)
+        finished = await self.service.admission.wait_idle(grace)
+        if not finished:
+            log.warning("grace period over with %d edits unfinished; cancelling them", self.service.admission.in_flight)
+        await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
+        await self.service.aclose()
+        self.metrics.close()
+        return finished
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.max_message_mib * 1024 * 1024
+    options = [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 0),  # a busy port is an error, not a silent second server
+    ]
+    if settings.max_connection_age_seconds > 0:
+        # GOAWAY after this age (gRPC adds +-10% jitter): clients reconnect, through the
+        # Service, to any replica. Calls in flight keep their connection until they end
+        # (the age grace is left unbounded; each edit has its own deadline).
+        options.append(("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000)))
+    return options
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    registry = await asyncio.to_thread(load_registry, settings)
+    metrics = Metrics()  # a registry per server: in-process test servers never share one
+    service = EditService(settings, registry, build_cache(settings), metrics)
+    await log_cache(service, settings)
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics)], options=server_options(settings))
+    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {settings.host}:{settings.port}")
+    await server.start()
+    running = RunningServer(server, port, service, health_servicer, settings, metrics)
+    if settings.metrics_port >= 0:
+        try:
+            running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
+        except OSError:  # the metrics port is taken: stop what started
+            await server.stop(0)
+            await service.aclose()
+            raise
+    await health_servicer.set(LIVENESS, SERVING)
+    serving = await asyncio.to_thread(service.registry.ready)
+    await running.set_health(serving)
+    running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
+    return running
+
+
+async def log_cache(service: EditService, settings: Settings) -> None:
+    """Says which cache runs; an unreachable Redis is not fatal (the cache fails open)."""
+    if service.cache is None:
+        log.info("result cache: off (--cache none): every edit runs, request_id is not remembered")
+    elif settings.cache == "memory":
+        log.info("result cache: in memory, %d bytes, TTL %g s", settings.cache_memory_bytes, settings.cache_ttl_seconds)
+    elif await service.cache.available():
+        log.info("result cache: redis at %s, TTL %g s", redact_url(settings.redis_url), settings.cache_ttl_seconds)
+    else:
+        log.warning("result cache: redis at %s is not reachable now; edits run uncached until it is",
+                    redact_url(settings.redis_url))
+
+
+async def watch_backend(running: RunningServer, serving: bool) -> None:
+    """Keeps grpc.health.v1 in step with the backend's readiness until draining starts."""
+    while True:
+        await asyncio.sleep(running.settings.health_poll_seconds)
+        try:
+            ready = await asyncio.to_thread(running.service.registry.ready)
+        except Exception:  # a broken probe means not ready; the watcher must live on
+            log.exception("readiness check failed")
+            ready = False
+        if ready != serving and not running.service.admission.draining:
+            log.warning("score backend %s: health %s", "ready again" if ready else "not ready",
+                        "SERVING" if ready else "NOT_SERVING")
+            await running.set_health(ready)
+            serving = ready
+
+
+async def serve(settings: Settings) -> int:
+    """Runs until SIGTERM/SIGINT, then drains. Returns the process exit code."""
+    running = await start_server(settings)
+    log.info("sdedit serving on %s (gRPC port %d, metrics port %s, default model %s)",
+             running.address, running.port, running.metrics_port, settings.default_model)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutdown requested")
+    await running.drain_and_stop()
+    log.info("stopped")
+    return 0

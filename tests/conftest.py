@@ -1,0 +1,139 @@
+"""Shared fixtures: a model repository of small oracle models, in-process servers, images,
+and a real tritonserver serving the CPU variant of those models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.backends.repository import discover_models, model_parameters, write_model
+from service.backends.triton_local import LocalTriton
+from service.backends.variants import write_cpu_repository
+from service.imaging import encode_png
+from service.oracle_models import gaussian_model, mixture_model
+from service.sdedit.schedules import SDESpec
+from tests.redis_server import RedisServer
+from tests.servers import ROOT, InProcessServer, ServeProcess, test_settings
+
+VP = SDESpec(sde_type="vp_discrete")
+VE = SDESpec(sde_type="ve", timesteps=1000, sigma_min=0.01, sigma_max=50.0)
+
+
+def write_oracle_repository(root: Path) -> Path:
+    """gauss (VP, 16x16, flexible size), gauss-ve (VE, 16x16), mix (two-component VP mixture, 8x8)."""
+    write_model(root, "gauss", gaussian_model(VP, 0.25, 0.5).SerializeToString(),
+                model_parameters(VP, 16, 16, 1, default_steps=20, description="test gaussian", flexible_size=True))
+    write_model(root, "gauss-ve", gaussian_model(VE, 0.25, 0.5).SerializeToString(),
+                model_parameters(VE, 16, 16, 1, default_steps=20, description="test gaussian ve"))
+    means = np.stack([np.full((1, 8, 8), 0.8), np.full((1, 8, 8), -0.8)])
+    write_model(root, "mix", mixture_model(VP, means, np.array([0.1, 0.1]), np.array([0.5, 0.5])).SerializeToString(),
+                model_parameters(VP, 8, 8, 1, default_steps=20, description="test mixture"))
+    write_model(root, "gauss-rgb", gaussian_model(VP, 0.0, 0.5, channels=3).SerializeToString(),
+                model_parameters(VP, 16, 16, 3, default_steps=20, description="test rgb gaussian"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def oracle_repository(tmp_path_factory) -> Path:
+    return write_oracle_repository(tmp_path_factory.mktemp("model_repository"))
+
+
+@pytest.fixture(scope="session")
+def server(oracle_repository):
+    """A shared in-process server (default model: gauss). Tests must not change its state."""
+    running = InProcessServer(test_settings(oracle_repository, default_model="gauss", max_concurrent_edits=2))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def make_server(oracle_repository):
+    """Starts servers with custom settings; stops them after the test."""
+    started = []
+
+    def factory(wrap_model=None, **overrides) -> InProcessServer:
+        overrides.setdefault("default_model", "gauss")
+        running = InProcessServer(test_settings(oracle_repository, **overrides), wrap_model=wrap_model)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def serve(oracle_repository, tmp_path, request):
+    """Starts `sdedit serve` processes (default model gauss); logs are printed if the test fails."""
+    started = []
+
+    def start(*extra: str) -> ServeProcess:
+        process = ServeProcess(oracle_repository, "--default-model", "gauss", *extra, log_path=tmp_path / f"serve{len(started)}.log")
+        started.append(process)
+        process.wait_serving()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(f"--- sdedit serve log ---\n{process.output()}")
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A redis-server of this test's own on a free loopback port (never the machine's)."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def parity_repository(oracle_repository, tmp_path_factory) -> Path:
+    """The oracle models and the shipped ones (the default model among them), linked side by side."""
+    root = tmp_path_factory.mktemp("parity_repository")
+    for source in (oracle_repository, ROOT / "model_repository"):
+        for model_dir in discover_models(source):
+            (root / model_dir.name).symlink_to(model_dir.resolve(), target_is_directory=True)
+    return root
+
+
+def start_triton(model_dirs: list[Path], work: Path, **options) -> LocalTriton:
+    """A real tritonserver on free loopback ports serving the CPU variant of these models."""
+    return LocalTriton(write_cpu_repository(model_dirs, work / "repository"), work / "tritonserver.log", **options).start()
+
+
+@pytest.fixture(scope="session")
+def triton(parity_repository, tmp_path_factory):
+    """One tritonserver for every test that leaves it running (fault tests start their own)."""
+    server = start_triton(discover_models(parity_repository), tmp_path_factory.mktemp("triton"))
+    yield server
+    server.stop()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    return encode_png(pixels if pixels.ndim == 3 else pixels[:, :, None])
+
+
+@pytest.fixture
+def guide16() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 256, (16, 16), dtype=np.uint8)
+
+
+@pytest.fixture
+def mask16() -> np.ndarray:
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 2:9] = 255
+    return mask
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the item so fixtures can dump server logs on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -1,0 +1,46 @@
+"""The UNet exports to ONNX that matches PyTorch, and a checkpoint round-trips into a model folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the train extra (torch) is installed by `make setup`")
+
+from service.backends.onnx import OnnxScoreModel  # noqa: E402
+from training.export import max_difference, to_onnx  # noqa: E402
+from training.train import alphas_cumprod, min_snr_weights  # noqa: E402
+from training.unet import UNet, UNetConfig  # noqa: E402
+
+
+def test_onnx_export_matches_pytorch():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(base_channels=8, groups=4, attention_heads=2)).eval()
+    for p in model.parameters():  # zero-initialised output layers would make the check vacuous
+        p.data.add_(0.05 * torch.randn_like(p))
+    onnx_bytes = to_onnx(model)
+    assert max_difference(model, onnx_bytes) < 1e-4
+
+
+def test_exported_model_serves_through_the_embedded_backend(tmp_path):
+    from service.backends.repository import model_parameters, write_model
+    from service.sdedit.schedules import SDESpec
+
+    torch.manual_seed(1)
+    model = UNet(UNetConfig(base_channels=8, groups=4, attention_heads=2)).eval()
+    params = model_parameters(SDESpec(), 32, 32, 1, default_steps=10, description="tiny", flexible_size=True, size_multiple=4)
+    backend = OnnxScoreModel(write_model(tmp_path, "tiny", to_onnx(model), params))
+    x = np.random.default_rng(0).standard_normal((2, 1, 48, 64)).astype(np.float32)
+    t = np.array([5.0, 900.0], np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    np.testing.assert_allclose(backend.predict_eps(x, t), expected, atol=1e-4)
+    assert backend.info.accepts_size(64, 48) and not backend.info.accepts_size(30, 30)
+
+
+def test_min_snr_weights():
+    abar = alphas_cumprod()
+    weights = min_snr_weights(abar, 5.0)
+    snr = abar / (1 - abar)
+    assert torch.all(weights[snr <= 5] == 1) and torch.all(weights[snr > 5] < 1)
+    assert torch.allclose(weights[0], 5 / snr[0])

@@ -1,0 +1,188 @@
+"""The Triton backend against a real tritonserver (the CPU variant of the same model files).
+
+Parity with the embedded backend, metadata from Triton's model config, shared memory that
+is registered once and always freed, deadlines and retries, and `sdedit serve --backend
+triton`. Fault tests (Triton killed, restarted, models unloaded) are in test_triton_faults.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2
+
+from service.backends.onnx import OnnxScoreModel
+from service.backends.triton import TritonConnection, TritonScoreModel, load_triton_models
+from service.backends.triton_local import free_port
+from service.client import Client, build_request
+from service.config import Settings
+from service.errors import BackendError, DeadlineExceeded, ServiceError
+from service.imaging import decode_npy
+from service.models import load_registry
+from tests.conftest import png
+from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings
+from tests.servers import test_settings as service_settings
+
+DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
+PARITY_MODELS = ["gauss", "gauss-ve", "mix", "gauss-rgb", DEFAULT_MODEL]
+TOLERANCE = 1e-4  # float32 through two runtimes of the same graph; measured differences are 0
+
+
+@pytest.fixture(scope="module")
+def embedded(parity_repository):
+    srv = InProcessServer(service_settings(parity_repository, default_model="gauss"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module", params=["grpc", "shm"])
+def via_triton(request, parity_repository, triton):
+    srv = InProcessServer(triton_settings(parity_repository, triton.url, shm=request.param == "shm"))
+    yield srv
+    srv.stop()
+
+
+def _guide_and_mask(height: int, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: 3 * height // 4, : width // 2] = 255
+    return rng.integers(0, 256, shape, dtype=np.uint8), mask
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("model", PARITY_MODELS)
+def test_triton_matches_embedded_for_the_same_request_and_seed(embedded, via_triton, model, masked):
+    info = embedded.service.registry.get(model).info
+    guide, mask = _guide_and_mask(info.height, info.width, info.channels)
+    request = build_request(png(guide), mask=png(mask) if masked else b"", t0=0.6, steps=8, repeats=2, seed=21,
+                            num_samples=3, model=model, npy=True)
+    with Client(embedded.address) as a, Client(via_triton.address) as b:
+        expected, actual = a.edit(request, timeout=60), b.edit(request, timeout=60)
+    assert actual.model_hash == expected.model_hash  # same weights and metadata, read through Triton
+    assert actual.network_calls == expected.network_calls == 16
+    assert [i.seed for i in actual.images] == [i.seed for i in expected.images]
+    differences = [np.abs(decode_npy(x.data) - decode_npy(y.data)).max() for x, y in zip(actual.images, expected.images)]
+    assert len(differences) == 3 and max(differences) <= TOLERANCE
+
+
+def test_models_and_metadata_come_from_tritons_model_config(embedded, via_triton):
+    with Client(embedded.address) as a, Client(via_triton.address) as b:
+        assert b.list_models(timeout=10) == a.list_models(timeout=10)
+    served = via_triton.service.registry.get("gauss-ve").backend
+    assert isinstance(served, TritonScoreModel)
+    assert served.info == embedded.service.registry.get("gauss-ve").info  # every field, parameters included
+
+
+def test_concurrent_calls_use_their_own_regions_registered_once_and_freed(parity_repository, triton):
+    connection = TritonConnection(triton_settings(parity_repository, triton.url, shm=True)).acquire()
+    models = {info.name: TritonScoreModel(connection, info) for info in connection.score_models(parity_repository)}
+    connection.release()  # the models hold it now
+    reference = {name: OnnxScoreModel(parity_repository / name) for name in ("gauss", DEFAULT_MODEL)}
+    prefix = connection.shm.prefix
+    problems: list[str] = []
+
+    def work(worker: int) -> None:
+        rng = np.random.default_rng(worker)
+        name = ("gauss", DEFAULT_MODEL)[worker % 2]
+        info = reference[name].info
+        for call in range(15):
+            side = (info.height, 24 if name == "gauss" and call % 3 == 0 else info.width)
+            x = rng.standard_normal((1 + worker % 3, info.channels, *side), dtype=np.float32)
+            t = rng.uniform(1, 999, len(x)).astype(np.float32)
+            difference = np.abs(models[name].predict_eps(x, t) - reference[name].predict_eps(x, t)).max()
+            if difference > TOLERANCE:
+                problems.append(f"worker {worker} call {call}: {difference}")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not problems
+    held = connection.shm.region_names()
+    assert 3 <= len(held) <= 3 * 4 * 2  # (x, t, eps) per call in flight, a few sizes; reused, not per call
+    assert shm_files(prefix) == held == triton_regions(connection.client, prefix)
+    for model in models.values():
+        model.close()
+    assert shm_files(prefix) == [] and connection.shm.region_names() == []
+    with TritonConnection(triton_settings(parity_repository, triton.url, shm=False)) as probe:
+        assert triton_regions(probe.client, prefix) == []
+
+
+def test_the_deadline_bounds_each_call(parity_repository, triton):
+    models = load_triton_models(triton_settings(parity_repository, triton.url, shm=False))
+    model = models.pop("gauss")
+    for other in models.values():
+        other.close()
+    x = np.zeros((16, 1, 256, 256), np.float32)
+    t = np.full(16, 500, np.float32)
+    try:
+        with pytest.raises(DeadlineExceeded, match="before"):
+            model.predict_eps(x, t, deadline=time.monotonic() - 1)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):  # 16 MiB through the Python backend take longer than 1 ms
+            model.predict_eps(x, t, deadline=started + 0.001)
+        assert time.monotonic() - started < 0.5
+        assert model.predict_eps(x[:1], t[:1], deadline=time.monotonic() + 30).shape == (1, 1, 256, 256)
+    finally:
+        model.close()
+
+
+def test_unavailable_is_retried_within_its_budget_and_the_deadline_only(parity_repository, triton, tmp_path):
+    nobody = f"127.0.0.1:{free_port()}"
+    info = OnnxScoreModel(parity_repository / "gauss").info
+    x, t = np.zeros((1, 1, 16, 16), np.float32), np.ones(1, np.float32)
+    with TritonConnection(triton_settings(tmp_path, nobody, shm=False, triton_retry_seconds=0.6)) as connection:
+        started = time.monotonic()
+        with pytest.raises(BackendError, match=f"Triton at {nobody} is unavailable"):
+            connection.infer(info, x, t, deadline=None)
+        assert 0.5 <= time.monotonic() - started < 1.5  # retried for its budget, then gave up
+        started = time.monotonic()
+        with pytest.raises(BackendError):
+            connection.infer(info, x, t, deadline=started + 0.2)
+        assert time.monotonic() - started < 0.45  # the deadline cuts the retries short
+    with TritonConnection(triton_settings(tmp_path, triton.url, shm=False, triton_retry_seconds=3.0)) as connection:
+        started = time.monotonic()
+        with pytest.raises(ServiceError, match="INVALID_ARGUMENT") as raised:  # 2 channels for a 1-channel model
+            connection.infer(info, np.zeros((1, 2, 16, 16), np.float32), t, deadline=None)
+        assert not isinstance(raised.value, BackendError)  # INTERNAL to the caller: a bug, not an outage
+        assert time.monotonic() - started < 1.0  # not retried
+
+
+def test_start_up_fails_clearly_when_triton_is_not_there(tmp_path):
+    settings = triton_settings(tmp_path, f"127.0.0.1:{free_port()}", shm=True, triton_startup_seconds=0.5)
+    with pytest.raises(BackendError, match="is not ready after"):
+        load_registry(settings)
+
+
+def test_start_up_fails_clearly_when_triton_cannot_map_our_shared_memory(tmp_path, triton, monkeypatch):
+    """As when Triton runs on another host: the region's key names nothing Triton can open."""
+    from service.backends import shm
+
+    monkeypatch.setattr(shm.RegionSet, "key", staticmethod(lambda name: "/not-" + name))
+    with pytest.raises(BackendError, match="cannot map this host's shared memory"):
+        load_registry(triton_settings(tmp_path, triton.url, shm=True))
+
+
+@pytest.mark.e2e
+def test_sdedit_serve_with_the_triton_backend(parity_repository, triton, tmp_path, guide16):
+    process = ServeProcess(parity_repository, "--default-model", "gauss", "--backend", "triton", "--triton-url", triton.url,
+                           env={"SDEDIT_TRITON_SHARED_MEMORY": "true"}, log_path=tmp_path / "serve.log")
+    try:
+        process.wait_serving()
+        assert health_status(process.address) == health_pb2.HealthCheckResponse.SERVING
+        with Client(process.address) as client:
+            assert {m.name for m in client.list_models(timeout=10)} >= set(PARITY_MODELS)
+            response = client.edit(build_request(png(guide16), t0=0.5, steps=5, seed=3), timeout=60)
+            assert response.model == "gauss" and len(response.images) == 1
+            with pytest.raises(grpc.RpcError) as raised:
+                client.edit(build_request(png(guide16), model="nope"), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "triton_shared_memory=True" in process.output()
+    finally:
+        process.stop()
