@@ -63,7 +63,7 @@ def main() -> None:
     try:
         wait_serving(address, server)
         run("models", "--address", address)
-        run("edit", str(EXAMPLES / "strokes.png"), "--t0", "0.5", "--seed", "1", "--num-samples", "4",
+        run("edit", str(EXAMPLES / "strokes.png"), "--t0", "0.3", "--seed", "1", "--num-samples", "4",
             "-o", str(OUT / "strokes-edit.png"), "--address", address)
         run("edit", str(EXAMPLES / "digit.png"), "--mask", str(EXAMPLES / "mask-top.png"), "--t0", "0.6",
             "--seed", "1", "--num-samples", "4", "-o", str(OUT / "masked-edit.png"), "--address", address)

@@ -43,7 +43,7 @@ class Settings:
                                                 "unharmed, so clients reconnect and spread over replicas (0 = never)")
     # models
     model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
-    default_model: str = setting("digits-mixture", "model used when a request names none")
+    default_model: str = setting("digits", "model used when a request names none")
     backend: str = setting("onnx", "score-network backend: onnx (in process) or triton", choices=("onnx", "triton"))
     onnx_threads: int = setting(0, "ONNX Runtime intra-op threads (0 = one per core)")
     # the triton backend

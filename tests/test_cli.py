@@ -62,7 +62,7 @@ def test_serve_refuses_bad_settings_and_models(tmp_path):
     assert bad.returncode == 2 and "--port: expected int" in bad.stderr
     missing = subprocess.run([SDEDIT, "serve", "--model-repository", str(tmp_path), "--port", "0", "--metrics-port", "-1"],
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 1 and "default model 'digits-mixture' is not in the repository" in missing.stderr
+    assert missing.returncode == 1 and "default model 'digits' is not in the repository" in missing.stderr
 
 
 def guide(side: int) -> np.ndarray:
