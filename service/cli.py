@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(serve(settings))
-    except (ModelConfigError, BackendError, OSError) as exc:
+    except (ModelConfigError, BackendError, OSError, SettingsError) as exc:
         print(f"sdedit serve: {exc}", file=sys.stderr)
         return 1
 
@@ -102,7 +102,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return _print_rpc_error(exc)
     for m in models:
         flags = " (default)" if m.is_default else ""
-        flexible = f", any size in multiples of {m.size_multiple}" if m.flexible_size else ""
+        flexible = f", sizes in multiples of {m.size_multiple} up to {m.max_width}x{m.max_height}" if m.flexible_size else ""
         print(f"{m.name}\t{m.width}x{m.height}\t{m.channels} channel(s)\t{m.sde_type}, {m.timesteps} timesteps, "
               f"default steps {m.default_steps}{flexible}\thash {m.content_hash[:12]}{flags}")
     return 0

@@ -38,7 +38,8 @@ class Settings:
     host: str = setting("0.0.0.0", "address the gRPC server binds")
     port: int = setting(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
-    max_message_mib: int = setting(64, "largest gRPC message accepted or sent, MiB")
+    max_message_mib: int = setting(64, "largest gRPC message sent (a response), MiB; larger responses are refused up front")
+    max_request_mib: int = setting(16, "largest gRPC message accepted (a request), MiB")
     max_connection_age_seconds: float = setting(0.0, "close client connections after this long, in-flight calls "
                                                 "unharmed, so clients reconnect and spread over replicas (0 = never)")
     # models
@@ -59,7 +60,12 @@ class Settings:
     max_num_samples: int = setting(16, "largest num_samples per request")
     max_pixels: int = setting(1 << 20, "largest image, in pixels (width x height)")
     max_repeats: int = setting(10, "largest repeats (K) per request")
+    memory_budget_mib: int = setting(3072, "the process's memory (RSS) budget, MiB: edits are admitted while their estimated "
+                                     "memory fits what is left after start-up; keep it under the pod's memory limit")
+    max_decodes: int = setting(2, "images decoded at once (the rest of the admitted requests wait their turn)")
     grace_seconds: float = setting(30.0, "on SIGTERM: time in-flight edits get to finish")
+    shutdown_linger_seconds: float = setting(2.0, "on SIGTERM: keep answering new calls UNAVAILABLE at least this long "
+                                             "(within grace_seconds) before the port closes, while load balancers move away")
     # result cache (docs: README "Result cache")
     cache: str = setting("memory", "result cache: in-process LRU, Redis shared by replicas, or none",
                          choices=("memory", "redis", "none"))
@@ -84,12 +90,13 @@ class Settings:
         if self.port and self.port == self.metrics_port:
             problems.append(f"port and metrics_port are both {self.port}")
         for name in ("max_concurrent_edits", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
+                     "max_request_mib", "memory_budget_mib", "max_decodes",
                      "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
-        for name in ("grace_seconds", "max_connection_age_seconds"):
+        for name in ("grace_seconds", "max_connection_age_seconds", "shutdown_linger_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds"):

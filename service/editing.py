@@ -10,7 +10,9 @@ deadline passed; then it stops within one step and its admission slot is freed.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -22,18 +24,78 @@ import numpy as np
 
 from service.admission import Admission
 from service.cache import RequestKey, ResultCache, request_key
-from service.config import Settings
+from service.config import Settings, SettingsError
 from service.errors import Cancelled, DeadlineExceeded
 from service.imaging import NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, composite_kept, encode_npy, encode_png, to_pixels
 from service.metrics import Metrics
 from service.models import LoadedModel, ModelRegistry
+from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
 from service.sdedit import EditCancelled, StepEvent, run_sdedit
-from service.validation import prepare_job
+from service.validation import RequestPlan, decode_job, plan_request
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressUpdate], None]
+HEADROOM_BYTES = 128 << 20  # gRPC buffers, the cache's working copies, the interpreter's own growth
+STREAM_BACKLOG = 64  # progress events kept for a slow StreamEdit reader; older ones are dropped
+STREAM_PREVIEW_BYTES = 16 << 20  # preview images kept in it; past this, older previews lose their images
+
+
+class ProgressBacklog:
+    """The events a StreamEdit reader has not taken yet, bounded: a reader that stops reading
+    must not let them pile up. Progress is cumulative, so dropping the oldest loses nothing the
+    next event does not say; preview images (one per sample) are kept up to a byte bound,
+    newest first. The result never goes through here, so it is never dropped."""
+
+    def __init__(self, limit: int = STREAM_BACKLOG, preview_bytes: int = STREAM_PREVIEW_BYTES,
+                 on_drop: Callable[[], None] | None = None):
+        self.limit, self.preview_bytes = limit, preview_bytes
+        self._items: collections.deque[ProgressUpdate] = collections.deque()
+        self._ready = asyncio.Event()
+        self._on_drop = on_drop or (lambda: None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, update: ProgressUpdate) -> None:
+        self._items.append(update)
+        held = sum(len(image) for u in self._items for image in u.previews)
+        for index, old in enumerate(self._items):
+            if held <= self.preview_bytes or index == len(self._items) - 1:
+                break
+            if old.previews:
+                held -= sum(len(image) for image in old.previews)
+                self._items[index] = dataclasses.replace(old, previews=())
+                self._on_drop()
+        if len(self._items) > self.limit:
+            self._items.popleft()
+            self._on_drop()
+        self._ready.set()
+
+    async def get(self) -> ProgressUpdate:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def drain(self) -> list[ProgressUpdate]:
+        items, self._items = list(self._items), collections.deque()
+        return items
+
+
+class MemoryBudgetError(SettingsError):
+    """The configured budget does not even cover the process as it starts."""
+
+
+def edit_budget_bytes(settings: Settings, baseline_bytes: int) -> int:
+    """What the budget leaves for edits once the process, its models and a headroom are in."""
+    budget = (settings.memory_budget_mib << 20) - baseline_bytes - HEADROOM_BYTES
+    if budget <= 0:
+        raise MemoryBudgetError(
+            f"memory_budget_mib {settings.memory_budget_mib} does not cover the process as it starts "
+            f"({baseline_bytes >> 20} MiB with its models, plus {HEADROOM_BYTES >> 20} MiB headroom): raise it")
+    return budget
 
 
 class EditService:
@@ -42,7 +104,10 @@ class EditService:
         self.settings = settings
         self.registry = registry
         self.cache = cache
-        self.admission = Admission(settings.max_concurrent_edits, settings.max_queue)
+        self.baseline_bytes = rss_bytes()  # the process with its models loaded
+        self.admission = Admission(settings.max_concurrent_edits, settings.max_queue,
+                                   edit_budget_bytes(settings, self.baseline_bytes))
+        self._decodes = asyncio.Semaphore(settings.max_decodes)
         self.metrics = metrics or Metrics()
         self.metrics.watch_admission(self.admission)
         self.metrics.describe_models((m.info for m in registry.all()), registry.default)
@@ -63,37 +128,45 @@ class EditService:
         received = time.perf_counter()
         self.admission.check_open()
         model = self.registry.get(req.model)
-        job, key = await asyncio.to_thread(self._prepare, req, model)
-        self.metrics.decoded(model.info.name, job.decode_seconds)
+        # cheap checks and the cost first (no decoding), then admission, then the decode
+        plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
+                            in_process_network=self.settings.backend == "onnx")
+        ticket = self.admission.reserve(plan.cost.held_bytes)
+        try:
+            async with self._decodes:
+                job, key = await asyncio.to_thread(self._prepare, plan, model)
+            self.metrics.decoded(model.info.name, job.decode_seconds)
 
-        async def run() -> EditOutcome:
-            async with self.admission.slot() as queue_seconds:
-                self.metrics.admitted(queue_seconds)
-                outcome = await self._run_in_worker(job, model, deadline, on_progress)
-            outcome.timings.queue_seconds = queue_seconds
-            return outcome
+            async def run() -> EditOutcome:
+                async with ticket.run(plan.cost.running_bytes) as queue_seconds:
+                    self.metrics.admitted(queue_seconds)
+                    outcome = await self._run_in_worker(job, model, deadline, on_progress)
+                outcome.timings.queue_seconds = queue_seconds
+                return outcome
 
-        if self.cache is None or key is None:
-            outcome = await run()
-        else:
-            outcome = await self.cache.run(key, model.info, run, deadline)
+            if self.cache is None or key is None:
+                outcome = await run()
+            else:
+                outcome = await self.cache.run(key, model.info, run, deadline)
+        finally:
+            ticket.release()
         outcome.timings.decode_seconds = job.decode_seconds
         outcome.timings.total_seconds = time.perf_counter() - received
         self.metrics.edit_finished(outcome)
         return outcome
 
-    def _prepare(self, req: EditRequestData, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
-        """Validation, decoding and the cache key: CPU work, run off the event loop."""
-        job = prepare_job(req, model, self.settings)
+    def _prepare(self, plan: RequestPlan, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
+        """Decoding and the cache key: CPU work, run off the event loop."""
+        job = decode_job(plan, model, self.settings)
         return job, None if self.cache is None else request_key(job, model.info)
 
     async def stream(self, req: EditRequestData, deadline: float | None = None) -> AsyncIterator[ProgressUpdate | EditOutcome]:
         """Yields progress updates, then the outcome. Closing the iterator cancels the edit."""
         loop = asyncio.get_running_loop()
-        updates: asyncio.Queue[ProgressUpdate] = asyncio.Queue()
+        updates = ProgressBacklog(on_drop=self.metrics.progress_dropped)
 
         def on_progress(update: ProgressUpdate) -> None:
-            loop.call_soon_threadsafe(updates.put_nowait, update)
+            loop.call_soon_threadsafe(updates.put, update)
 
         task = asyncio.create_task(self.edit(req, deadline, on_progress))
         getter: asyncio.Task | None = None
@@ -105,8 +178,8 @@ class EditService:
                     yield getter.result()
                     continue
                 getter.cancel()
-                while not updates.empty():
-                    yield updates.get_nowait()
+                for update in updates.drain():
+                    yield update
                 yield task.result()  # raises the edit's error, if any
                 return
         finally:

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+ECHO_LIMIT = 64  # characters of a caller's value quoted back in an error
+
+
+def echo(value: object, limit: int = ECHO_LIMIT, quote: bool = True) -> str:
+    """A caller-supplied value for an error message: repr'd (or not) and cut to `limit`
+    characters, so a long value never overflows a client's metadata limit."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class ServiceError(Exception):
     """Base of every error a caller may see, with a stable reason string."""

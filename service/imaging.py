@@ -10,18 +10,20 @@ boundary); a mask pixel >= 128 means regenerate.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import InvalidArgument
+from service.errors import InvalidArgument, echo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MEDIA_TYPE = "image/png"
 NPY_MEDIA_TYPE = "application/x-npy"
 MASK_THRESHOLD = 128
+OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -32,7 +34,12 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _open(data: bytes, field: str, allowed: tuple[str, ...], max_pixels: int) -> Image.Image:
+def _describe(exc: BaseException) -> str:
+    """An exception's text without object reprs (`<_io.BytesIO object at 0x...>`), shortened."""
+    return echo(OBJECT_REPR.sub("the data", str(exc)) or type(exc).__name__, 200, quote=False)
+
+
+def _open(data: bytes, field: str, allowed: tuple[str, ...], max_pixels: int, decode: bool = True) -> Image.Image:
     if not data:
         raise InvalidArgument(field, "is empty")
     kind = sniff_format(data)
@@ -45,13 +52,19 @@ def _open(data: bytes, field: str, allowed: tuple[str, ...], max_pixels: int) ->
             width, height = image.size
             if width * height > max_pixels:
                 raise InvalidArgument(field, f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}")
-            image.load()  # decodes now, so corrupt or truncated data fails here
+            if decode:
+                image.load()  # decodes now, so corrupt or truncated data fails here
     except InvalidArgument:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, MemoryError, Image.DecompressionBombWarning,
             Image.DecompressionBombError) as exc:
-        raise InvalidArgument(field, f"corrupt or truncated {kind}: {exc}") from exc
+        raise InvalidArgument(field, f"corrupt or truncated {kind}: {_describe(exc)}") from exc
     return image
+
+
+def image_size(data: bytes, max_pixels: int, field: str = "image", allowed: tuple[str, ...] = ("PNG", "JPEG")) -> tuple[int, int]:
+    """(width, height) from the header alone: what admission needs before anything is decoded."""
+    return _open(data, field, allowed, max_pixels, decode=False).size
 
 
 def _to_mode(image: Image.Image, channels: int) -> Image.Image:

@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from service.errors import BackendError
+from service.procmem import peak_rss_bytes
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
@@ -104,6 +105,14 @@ class Metrics:
         self.queue_depth = Gauge("sdedit_queue_depth", "admitted edits waiting for a slot", registry=r)
         self.edit_slots = Gauge("sdedit_edit_slots", "edits that can run at once (max_concurrent_edits)", registry=r)
         self.queue_capacity = Gauge("sdedit_queue_capacity", "edits that may wait for a slot (max_queue)", registry=r)
+        self.memory_budget_bytes = Gauge("sdedit_memory_budget_bytes", "memory admission may give to edits "
+                                         "(memory_budget_mib less the process at start-up and a headroom)", registry=r)
+        self.memory_admitted_bytes = Gauge("sdedit_memory_admitted_bytes", "estimated memory of the edits admitted now",
+                                           registry=r)
+        self.process_peak_rss_bytes = Gauge("sdedit_process_peak_resident_memory_bytes", "the largest resident memory "
+                                            "this process has had", registry=r)
+        self.progress_dropped_total = Counter("sdedit_stream_progress_dropped", "StreamEdit progress events dropped "
+                                              "because the client read slower than the edit ran", registry=r)
 
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
@@ -122,6 +131,9 @@ class Metrics:
         self.queue_depth.set_function(lambda: admission.waiting)
         self.edit_slots.set(admission.slots)
         self.queue_capacity.set(admission.max_queue)
+        self.memory_budget_bytes.set(admission.budget_bytes or 0)
+        self.memory_admitted_bytes.set_function(lambda: admission.used_bytes)
+        self.process_peak_rss_bytes.set_function(peak_rss_bytes)
 
     def describe_models(self, models: Iterable[ModelInfo], default: str) -> None:
         for info in models:
@@ -144,6 +156,9 @@ class Metrics:
 
     def decoded(self, model: str, seconds: float) -> None:
         self.decode_seconds.labels(model).observe(seconds)
+
+    def progress_dropped(self) -> None:
+        self.progress_dropped_total.inc()
 
     def admitted(self, queue_seconds: float) -> None:
         self.queue_wait_seconds.observe(queue_seconds)

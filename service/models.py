@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from service.backends.base import ScoreModel
 from service.backends.repository import discover_models
 from service.config import Settings
-from service.errors import InvalidArgument, ModelConfigError
+from service.errors import InvalidArgument, ModelConfigError, echo
 from service.sdedit.schedules import NoiseSchedule, build_schedule
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class ModelRegistry:
     def get(self, name: str) -> LoadedModel:
         model = self._models.get(name or self.default)
         if model is None:
-            raise InvalidArgument("model", f"unknown model {name!r}; available: {', '.join(sorted(self._models))}")
+            raise InvalidArgument("model", f"unknown model {echo(name)}; available: {', '.join(sorted(self._models))}")
         return model
 
     def all(self) -> list[LoadedModel]:

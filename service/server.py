@@ -1,8 +1,9 @@
 """The gRPC server: ImageEditor, grpc.health.v1, reflection, message limits, shutdown.
 
 On SIGTERM (or SIGINT): health turns NOT_SERVING, new edits are refused with UNAVAILABLE,
-admitted edits (running or queued) get `grace_seconds` to finish, then the server stops
-and the process exits 0.
+admitted edits (running or queued) get `grace_seconds` to finish, the server lingers until
+`shutdown_linger_seconds` after the signal (still answering UNAVAILABLE), then it stops and
+the process exits 0.
 
 Health follows the score backend: a watcher re-checks its readiness every
 `health_poll_seconds` (Triton down or a model unloaded: NOT_SERVING; back: SERVING), so
@@ -71,6 +72,12 @@ class RunningServer:
         finished = await self.service.admission.wait_idle(grace)
         if not finished:
             log.warning("grace period over with %d edits unfinished; cancelling them", self.service.admission.in_flight)
+        # Linger before closing: new calls get UNAVAILABLE (retryable) from admission while
+        # load balancers see NOT_SERVING and move away. Closing the server makes gRPC cancel the
+        # calls it has received but not yet handed to us (CANCELLED), so close as late as we may.
+        linger = min(self.settings.shutdown_linger_seconds, grace) - (time.monotonic() - started)
+        if finished and linger > 0:
+            await asyncio.sleep(linger)
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
         await self.service.aclose()
         self.metrics.close()
@@ -78,10 +85,9 @@ class RunningServer:
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    limit = settings.max_message_mib * 1024 * 1024
     options = [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
+        ("grpc.max_receive_message_length", settings.max_request_mib << 20),
+        ("grpc.max_send_message_length", settings.max_message_mib << 20),
         ("grpc.so_reuseport", 0),  # a busy port is an error, not a silent second server
     ]
     if settings.max_connection_age_seconds > 0:

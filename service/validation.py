@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 import time
+from dataclasses import dataclass
 
 from service.config import Settings
+from service.costs import RequestCost, most_samples_within, request_cost, response_bytes
 from service.errors import InvalidArgument
-from service.imaging import decode_image, decode_mask, to_model_range
+from service.imaging import decode_image, decode_mask, image_size, to_model_range
 from service.models import LoadedModel
 from service.requests import EditJob, EditRequestData
 from service.sdedit import EditParams
@@ -61,32 +64,84 @@ def validate_scalars(req: EditRequestData, model: LoadedModel, settings: Setting
                       eta=float(req.eta), preview_every=req.preview_every)
 
 
-def prepare_job(req: EditRequestData, model: LoadedModel, settings: Settings) -> EditJob:
-    """Validates and decodes a request (CPU work: run it off the event loop)."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class RequestPlan:
+    """A request checked from its scalars and image headers alone, with its cost: what
+    admission needs before anything is decoded."""
+
+    request: EditRequestData
+    params: EditParams
+    width: int
+    height: int
+    num_samples: int
+    cost: RequestCost
+
+
+def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, budget_bytes: int | None,
+                 in_process_network: bool = True) -> RequestPlan:
+    """Validates every field and reads the image's size from its header; refuses requests
+    that could never fit the memory budget or the response message limit. Cheap: no decode."""
     params = validate_scalars(req, model, settings)
     info = model.info
-    pixels = decode_image(req.image, info.channels, settings.max_pixels)
-    height, width = pixels.shape[:2]
+    width, height = image_size(req.image, settings.max_pixels)
     if not info.accepts_size(width, height):
         accepted = f"{info.width}x{info.height}"
         if info.flexible_size:
-            accepted += f" or any size whose sides are multiples of {info.size_multiple}"
+            max_width, max_height = info.largest_size
+            accepted += f", or sides that are multiples of {info.size_multiple} up to {max_width}x{max_height}"
         raise InvalidArgument("image", f"size {width}x{height} is not accepted by model {info.name!r} ({accepted}); images are not resized")
+    if req.mask:
+        mask_size = image_size(req.mask, settings.max_pixels, field="mask", allowed=("PNG",))
+        if mask_size != (width, height):
+            raise InvalidArgument("mask", f"size {mask_size[0]}x{mask_size[1]} differs from the image's {width}x{height}")
+    num_samples = req.num_samples or 1
+    request_bytes = len(req.image) + len(req.mask)
+    cost_info = info if in_process_network else dataclasses.replace(info, memory_bytes_per_pixel=0.0, attention_downsample=0)
+    cost = request_cost(cost_info, width, height, num_samples, req.output_format, request_bytes)
+    message_limit = settings.max_message_mib << 20
+    if cost.response_bytes > message_limit:
+        one = response_bytes(info, width, height, 1, req.output_format)
+        field = "num_samples" if num_samples > 1 and one <= message_limit else "output_format"
+        raise InvalidArgument(field, f"the response ({num_samples} {req.output_format.upper()} image(s) of {width}x{height}, "
+                                     f"about {cost.response_bytes >> 20} MiB) would exceed the {settings.max_message_mib} MiB "
+                                     f"message limit; ask for fewer samples or PNG output")
+    if budget_bytes is not None and cost.total_bytes > budget_bytes:
+        fit = most_samples_within(cost_info, width, height, req.output_format, request_bytes, budget_bytes, num_samples)
+        if fit:
+            raise InvalidArgument("num_samples", f"{num_samples} samples of {width}x{height} on model {info.name!r} need about "
+                                                 f"{cost.total_bytes >> 20} MiB, over the {budget_bytes >> 20} MiB memory budget "
+                                                 f"for edits; at most {fit} fit at this size")
+        one = request_cost(cost_info, width, height, 1, req.output_format, request_bytes)
+        raise InvalidArgument("image", f"{width}x{height} on model {info.name!r} needs about {one.total_bytes >> 20} MiB even "
+                                       f"with one sample, over the {budget_bytes >> 20} MiB memory budget for edits; send a smaller image")
+    return RequestPlan(req, params, width, height, num_samples, cost)
+
+
+def decode_job(plan: RequestPlan, model: LoadedModel, settings: Settings) -> EditJob:
+    """Decodes the images of a planned request (CPU work: run it off the event loop)."""
+    started = time.perf_counter()
+    req, info = plan.request, model.info
+    pixels = decode_image(req.image, info.channels, settings.max_pixels)
+    if pixels.shape[:2] != (plan.height, plan.width):  # the header lied
+        raise InvalidArgument("image", f"decoded to {pixels.shape[1]}x{pixels.shape[0]}, its header says {plan.width}x{plan.height}")
     mask = None
     if req.mask:
-        mask = decode_mask(req.mask, width, height, settings.max_pixels)
+        mask = decode_mask(req.mask, plan.width, plan.height, settings.max_pixels)
         if not mask.any():
             raise InvalidArgument("mask", "selects no pixels to regenerate (white = regenerate, black = keep)")
-    num_samples = req.num_samples or 1
     return EditJob(
         request=req,
         model_name=info.name,
         pixels=pixels,
         guide=to_model_range(pixels),
         mask=mask,
-        params=params,
-        seeds=sample_seeds(req.seed, num_samples),
+        params=plan.params,
+        seeds=sample_seeds(req.seed, plan.num_samples),
         output_format=req.output_format,
         decode_seconds=time.perf_counter() - started,
     )
+
+
+def prepare_job(req: EditRequestData, model: LoadedModel, settings: Settings, budget_bytes: int | None = None) -> EditJob:
+    """plan_request then decode_job, for callers without admission (tests, tools)."""
+    return decode_job(plan_request(req, model, settings, budget_bytes), model, settings)

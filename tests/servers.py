@@ -82,7 +82,8 @@ class InProcessServer:
 
 
 def test_settings(repository: Path, **overrides) -> Settings:
-    values = dict(host="127.0.0.1", port=0, metrics_port=-1, model_repository=repository, grace_seconds=5.0)
+    values = dict(host="127.0.0.1", port=0, metrics_port=-1, model_repository=repository, grace_seconds=5.0,
+                  shutdown_linger_seconds=0.0)
     values.update(overrides)
     return load_settings(env={}, **values)
 

@@ -92,6 +92,15 @@ It was trained at 32x32; other sizes (multiples of 4) run, but are out of its tr
 """
 
 
+# The largest size served (the paper's 256^2; attention at 1/4 of the side makes memory grow
+# with the 4th power of the side), and its working memory measured with
+# scripts/measure_model_memory.py --attention-downsample 4 --sizes 128 256 (997 bytes per pixel,
+# 33.3 per attention entry), rounded up.
+MAX_SIZE = (256, 256)
+MEMORY_BYTES_PER_PIXEL = 1024
+ATTENTION_MEMORY = (4, 34.0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/digits/last.pt"))
@@ -108,7 +117,8 @@ def main() -> None:
         raise SystemExit(f"export differs from PyTorch by {difference:.3e} > {TOLERANCE}")
     params = model_parameters(
         SDESpec(sde_type="vp_discrete"), 32, 32, model.config.in_channels, default_steps=args.default_steps,
-        flexible_size=True, size_multiple=4,
+        flexible_size=True, size_multiple=4, max_size=MAX_SIZE,
+        memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL, attention=ATTENTION_MEMORY,
         description=f"DDPM UNet ({count_parameters(model) / 1e6:.1f}M parameters) trained on 4,500 MNIST digits, {state['step']} steps",
     )
     model_dir = write_model(args.repository, args.name, onnx_bytes, params)

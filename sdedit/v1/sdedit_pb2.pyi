@@ -148,7 +148,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "content_hash", "width", "height", "channels", "sde_type", "timesteps", "default_steps", "is_default", "flexible_size", "size_multiple", "description")
+    __slots__ = ("name", "content_hash", "width", "height", "channels", "sde_type", "timesteps", "default_steps", "is_default", "flexible_size", "size_multiple", "description", "max_width", "max_height")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,8 @@ class ModelInfo(_message.Message):
     FLEXIBLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     SIZE_MULTIPLE_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     name: str
     content_hash: str
     width: int
@@ -173,7 +175,9 @@ class ModelInfo(_message.Message):
     flexible_size: bool
     size_multiple: int
     description: str
-    def __init__(self, name: _Optional[str] = ..., content_hash: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sde_type: _Optional[str] = ..., timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., is_default: _Optional[bool] = ..., flexible_size: _Optional[bool] = ..., size_multiple: _Optional[int] = ..., description: _Optional[str] = ...) -> None: ...
+    max_width: int
+    max_height: int
+    def __init__(self, name: _Optional[str] = ..., content_hash: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sde_type: _Optional[str] = ..., timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., is_default: _Optional[bool] = ..., flexible_size: _Optional[bool] = ..., size_multiple: _Optional[int] = ..., description: _Optional[str] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

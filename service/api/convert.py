@@ -76,4 +76,5 @@ def model_info_to_proto(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
         channels=info.channels, sde_type=info.sde.sde_type, timesteps=info.sde.timesteps,
         default_steps=info.default_steps, is_default=is_default, flexible_size=info.flexible_size,
         size_multiple=info.size_multiple, description=info.description,
+        max_width=info.largest_size[0], max_height=info.largest_size[1],
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -102,16 +103,20 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        # Requests arrive as bytes and are parsed inside the wrapper, so a malformed message
+        # is an INVALID_ARGUMENT like any bad field, counted and logged by us (gRPC's own
+        # deserializer would answer UNKNOWN and log a traceback for each one).
+        parse = _parser(handler.request_deserializer, method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_unary(handler.unary_unary, method, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                request_deserializer=handler.request_deserializer,
+                self._wrap_stream(handler.unary_stream, method, parse),
+                request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -135,11 +140,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             code = grpc_code(exc)
         self._observe(method, rpc_type, code, started)
 
-    def _wrap_unary(self, behavior, method: str):
+    def _wrap_unary(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, UNARY)
             try:
-                response = await behavior(request, context)
+                response = await behavior(parse(request), context)
             except BaseException as exc:
                 self._ended(method, UNARY, started, exc, context)
                 if isinstance(exc, Exception) and not _is_abort(exc):
@@ -150,11 +155,11 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
-    def _wrap_stream(self, behavior, method: str):
+    def _wrap_stream(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, SERVER_STREAM)
             try:
-                async for item in behavior(request, context):
+                async for item in behavior(parse(request), context):
                     yield item
             except BaseException as exc:
                 self._ended(method, SERVER_STREAM, started, exc, context)
@@ -164,6 +169,33 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             self._observe(method, SERVER_STREAM, grpc.StatusCode.OK, started)
 
         return wrapper
+
+
+MALFORMED_LOG_SECONDS = 60.0  # at most one log line per interval for malformed requests
+_malformed = {"last": -MALFORMED_LOG_SECONDS, "since": 0}
+
+
+def _parser(deserializer: Callable[[bytes], object] | None, method: str) -> Callable[[bytes], object]:
+    def parse(data: bytes) -> object:
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, and UnicodeDecodeError on some protobuf builds
+            _log_malformed(method, len(data))
+            raise InvalidArgument("request", "is not a valid protobuf message of this method's request type "
+                                             "(malformed bytes or a string field with invalid UTF-8)") from exc
+
+    return parse
+
+
+def _log_malformed(method: str, size: int) -> None:
+    now = time.monotonic()
+    _malformed["since"] += 1
+    if now - _malformed["last"] >= MALFORMED_LOG_SECONDS:
+        log.warning("malformed request to %s (%d bytes): INVALID_ARGUMENT; %d such requests in the last %.0f s",
+                    method, size, _malformed["since"], MALFORMED_LOG_SECONDS)
+        _malformed["last"], _malformed["since"] = now, 0
 
 
 def _is_abort(exc: BaseException) -> bool:

@@ -23,16 +23,27 @@ class ModelInfo:
     default_steps: int
     flexible_size: bool = False  # accepts other sizes, multiples of size_multiple
     size_multiple: int = 1
+    max_width: int = 0  # the largest accepted size (flexible models); 0 = the native size
+    max_height: int = 0
+    memory_bytes_per_pixel: float = 2048.0  # network working memory per input pixel per image
+    attention_downsample: int = 0  # self-attention at 1/d of the side; 0 = none
+    attention_bytes_per_entry: float = 0.0  # per attention-matrix entry per image
     max_batch_size: int = 0
     description: str = ""
     input_names: tuple[str, str] = ("x", "t")
     output_name: str = "eps"
     parameters: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def largest_size(self) -> tuple[int, int]:
+        return (self.max_width or self.width, self.max_height or self.height)
+
     def accepts_size(self, width: int, height: int) -> bool:
         if (width, height) == (self.width, self.height):
             return True
-        return self.flexible_size and width % self.size_multiple == 0 and height % self.size_multiple == 0
+        max_width, max_height = self.largest_size
+        return (self.flexible_size and width % self.size_multiple == 0 and height % self.size_multiple == 0
+                and width <= max_width and height <= max_height)
 
 
 @runtime_checkable

@@ -9,6 +9,12 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
     prediction_type epsilon
     width, height, channels   the native resolution
     flexible_size   "true" if other sizes (multiples of size_multiple) are accepted
+    max_width, max_height     the largest size a flexible model accepts (default: native)
+    memory_bytes_per_pixel    network working memory per input pixel per image
+    attention_downsample      self-attention runs at 1/d of the input's side (0: none)
+    attention_bytes_per_entry bytes per attention-matrix entry per image
+                              (the memory entries are measured by scripts/measure_model_memory.py;
+                              admission control budgets with them, service/costs.py)
     default_steps   recommended network calls per repeat for interactive use
     description     one line for ListModels
 
@@ -32,6 +38,7 @@ from service.sdedit.schedules import SDESpec
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
+DEFAULT_MEMORY_BYTES_PER_PIXEL = "2048"  # undeclared: about what a small conv UNet takes; declare the measured value
 REQUIRED_PARAMETERS = ("sde", "timesteps", "prediction_type", "width", "height", "channels")
 
 
@@ -119,8 +126,18 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
         default_steps = int(params.get("default_steps", spec.timesteps))
         size_multiple = int(params.get("size_multiple", "1"))
+        flexible = params.get("flexible_size", "false").lower() == "true"
+        max_width = int(params.get("max_width", width)) if flexible else width
+        max_height = int(params.get("max_height", height)) if flexible else height
+        memory_per_pixel = float(params.get("memory_bytes_per_pixel", DEFAULT_MEMORY_BYTES_PER_PIXEL))
+        attention_downsample = int(params.get("attention_downsample", "0"))
+        attention_per_entry = float(params.get("attention_bytes_per_entry", "0"))
     except ValueError as exc:
         raise ModelConfigError(f"{where}{exc}") from exc
+    if max_width < width or max_height < height:
+        raise ModelConfigError(f"{where}max_width x max_height {max_width}x{max_height} is below the native {width}x{height}")
+    if memory_per_pixel < 0 or attention_downsample < 0 or attention_per_entry < 0:
+        raise ModelConfigError(f"{where}memory parameters must be >= 0")
     inputs = [tensor.name for tensor in config.input]
     outputs = [tensor.name for tensor in config.output]
     if len(inputs) != 2 or len(outputs) != 1:
@@ -133,8 +150,13 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         height=height,
         channels=channels,
         default_steps=max(1, min(default_steps, spec.timesteps)),
-        flexible_size=params.get("flexible_size", "false").lower() == "true",
+        flexible_size=flexible,
         size_multiple=max(1, size_multiple),
+        max_width=max_width,
+        max_height=max_height,
+        memory_bytes_per_pixel=memory_per_pixel,
+        attention_downsample=attention_downsample,
+        attention_bytes_per_entry=attention_per_entry,
         max_batch_size=config.max_batch_size,
         description=params.get("description", ""),
         input_names=(inputs[0], inputs[1]),
@@ -197,6 +219,9 @@ def model_parameters(
     description: str,
     flexible_size: bool = False,
     size_multiple: int = 1,
+    max_size: tuple[int, int] | None = None,
+    memory_bytes_per_pixel: float | None = None,
+    attention: tuple[int, float] | None = None,
 ) -> dict[str, str]:
     """The `parameters` block that carries a model's SDE metadata."""
     params = {
@@ -211,6 +236,13 @@ def model_parameters(
         "size_multiple": str(size_multiple),
         "description": description,
     }
+    if flexible_size:
+        max_width, max_height = max_size or (1024, 1024)
+        params |= {"max_width": str(max_width), "max_height": str(max_height)}
+    if memory_bytes_per_pixel is not None:
+        params["memory_bytes_per_pixel"] = f"{memory_bytes_per_pixel:g}"
+    if attention is not None:
+        params |= {"attention_downsample": str(attention[0]), "attention_bytes_per_entry": f"{attention[1]:g}"}
     if spec.sde_type == "ve":
         params |= {"sigma_min": repr(spec.sigma_min), "sigma_max": repr(spec.sigma_max)}
     else:
