@@ -7,8 +7,14 @@ triton`. Fault tests (Triton killed, restarted, models unloaded) are in test_tri
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -112,6 +118,55 @@ def test_concurrent_calls_use_their_own_regions_registered_once_and_freed(parity
     assert shm_files(prefix) == [] and connection.shm.region_names() == []
     with TritonConnection(triton_settings(parity_repository, triton.url, shm=False)) as probe:
         assert triton_regions(probe.client, prefix) == []
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (process group, command line) of every live (not zombie) process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[2]), cmdline)
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signalling_the_launcher_stops_its_tritonserver_and_stubs(oracle_repository, tmp_path, sig):
+    """`make triton-cpu` (python -m service.backends.triton_local) stopped by a signal leaves
+    no tritonserver and no Python-backend stub of its run behind."""
+    target = tmp_path / "repository"  # unique: on the tritonserver's command line
+    ports = [str(free_port()) for _ in range(3)]
+    launcher = subprocess.Popen([sys.executable, "-m", "service.backends.triton_local", "--model-repository",
+                                 str(oracle_repository), "--target", str(target), "--grpc-port", ports[0],
+                                 "--http-port", ports[1], "--metrics-port", ports[2]],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group = None
+    try:
+        assert "ready on" in launcher.stdout.readline()  # printed once Triton and its models are ready
+        servers = [pid for pid, (_, cmd) in _processes().items() if f"--model-repository={target}" in cmd]
+        assert len(servers) == 1
+        group = os.getpgid(servers[0])
+        ours = {pid: cmd for pid, (pgrp, cmd) in _processes().items() if pgrp == group}
+        assert any("triton_python_backend_stub" in cmd for cmd in ours.values())  # the stubs share its group
+        launcher.send_signal(sig)
+        code = launcher.wait(30)
+        left = {pid: cmd for pid, (pgrp, cmd) in _processes().items() if pgrp == group or str(target) in cmd}
+        assert left == {}
+        assert code == 0  # a requested stop, not a crash
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)  # what the launcher left of its own run
 
 
 def test_the_deadline_bounds_each_call(parity_repository, triton):
