@@ -30,7 +30,7 @@ from service.errors import BackendError, DeadlineExceeded, ServiceError
 from service.imaging import decode_npy
 from service.models import load_registry
 from tests.conftest import png
-from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings
+from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
 from tests.servers import test_settings as service_settings
 
 DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
@@ -118,6 +118,54 @@ def test_concurrent_calls_use_their_own_regions_registered_once_and_freed(parity
     assert shm_files(prefix) == [] and connection.shm.region_names() == []
     with TritonConnection(triton_settings(parity_repository, triton.url, shm=False)) as probe:
         assert triton_regions(probe.client, prefix) == []
+
+
+def _shm_models(settings: Settings, repository) -> tuple[TritonConnection, TritonScoreModel]:
+    connection = TritonConnection(settings).acquire()
+    info = next(i for i in connection.score_models(repository) if i.name == "gauss")
+    model = TritonScoreModel(connection, info)
+    connection.release()  # the model holds it now
+    return connection, model
+
+
+def _predict(model: TritonScoreModel, width: int, batch: int = 1) -> None:
+    x = np.zeros((batch, 1, 16, width), np.float32)
+    assert model.predict_eps(x, np.full(batch, 500, np.float32)).shape == x.shape
+
+
+def test_idle_region_sets_are_freed_after_the_idle_limit(parity_repository, triton):
+    connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True,
+                                                    triton_shm_idle_seconds=0.5), parity_repository)
+    pool, prefix = connection.shm, connection.shm.prefix
+    try:
+        for width in (16, 24, 32):  # each larger than the last: one set each
+            _predict(model, width)
+        held = pool.region_names()
+        assert len(held) == 9 and shm_files(prefix) == held == triton_regions(connection.client, prefix)
+        wait_for(lambda: not pool.region_names(), timeout=5, what="idle sets freed")  # 0.5 s idle, then freed
+        assert shm_files(prefix) == [] and triton_regions(connection.client, prefix) == []
+        _predict(model, 16)  # the pool goes on working: a fresh set, registered again
+        assert len(pool.region_names()) == 3 and shm_files(prefix) == triton_regions(connection.client, prefix)
+    finally:
+        model.close()
+    assert shm_files(prefix) == []
+
+
+def test_the_pool_keeps_at_most_its_bound_of_idle_sets(parity_repository, triton):
+    connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True, triton_shm_max_idle_sets=1,
+                                                    triton_shm_idle_seconds=0), parity_repository)  # never by age
+    pool, prefix = connection.shm, connection.shm.prefix
+    try:
+        for width in (16, 24, 32):
+            _predict(model, width)
+        held = pool.region_names()
+        assert len(held) == 3 and all(name.startswith(f"{prefix}2_") for name in held)  # the most recent set only
+        assert shm_files(prefix) == held == triton_regions(connection.client, prefix)
+        time.sleep(0.3)
+        assert pool.region_names() == held  # idle_seconds 0: kept however long idle
+    finally:
+        model.close()
+    assert shm_files(prefix) == []
 
 
 def _processes() -> dict[int, tuple[int, str]]:
