@@ -53,6 +53,9 @@ class Settings:
     triton_timeout_seconds: float = setting(30.0, "longest one network call may take (the edit's deadline may cut it shorter)")
     triton_retry_seconds: float = setting(1.0, "how long a call retries UNAVAILABLE before the edit fails")
     triton_startup_seconds: float = setting(60.0, "at start-up: how long to wait for Triton and its models to be ready")
+    triton_shm_idle_seconds: float = setting(60.0, "free a shared-memory region set unused this long (0 = never by age)")
+    triton_shm_max_idle_sets: int = setting(8, "most unused shared-memory region sets kept for reuse; the least "
+                                            "recently used beyond are freed")
     health_poll_seconds: float = setting(1.0, "how often health re-checks the backend's readiness")
     # admission and limits
     max_concurrent_edits: int = setting(2, "edits running at once; more wait in the queue")
@@ -111,7 +114,7 @@ class Settings:
         for name in ("triton_timeout_seconds", "health_poll_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("triton_retry_seconds", "triton_startup_seconds"):
+        for name in ("triton_retry_seconds", "triton_startup_seconds", "triton_shm_idle_seconds", "triton_shm_max_idle_sets"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.triton_shared_memory and self.backend != "triton":

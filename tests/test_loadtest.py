@@ -16,7 +16,7 @@ import pytest
 from sdedit.v1 import sdedit_pb2 as pb
 from service.cli import main as sdedit_main
 from service.loadtest.cli import run_loadtest
-from service.loadtest.report import SLO, percentile
+from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, percentile
 from service.loadtest.runner import LoadPlan
 from service.loadtest.triton import difference, parse
 from service.loadtest.workload import FIXED, FRESH, RequestOptions, Workload, WorkloadError
@@ -46,7 +46,7 @@ def test_closed_loop_report_counts_every_request(server):
     options = RequestOptions(steps=3, num_samples=2, fixed_seed_fraction=0.5, sizes=((16, 16), (32, 32)))
     report = loadtest(server.address, options=options, concurrency=3, requests=16)
     assert report["config"]["mode"] == "closed" and report["config"]["sizes"] == ["16x16", "32x32"]
-    assert report["requests"] == {"measured": 16, "ok": 16, "errors": 0, "warmup": 0}
+    assert report["requests"] == {"measured": 16, "ok": 16, "errors": 0, "not_sent": 0, "warmup": 0}
     assert report["status_codes"] == {"OK": 16} and report["errors"] == []
     # the server's memory cache answers every fixed request but the first of each size
     # (a duplicate in flight shares the first one's result: also cached)
@@ -163,13 +163,67 @@ def test_slo_flags_set_the_exit_code(server, capsys, tmp_path):
 
 def test_errors_are_counted_with_their_messages(server, capsys):
     code, out, _ = run_cli(capsys, "--address", server.address, "--requests", "3", "--t0", "2", "--json", "-")
-    assert code == 0  # no SLO given: errors are reported, not judged
+    assert code == 1  # no SLO given: the default --max-error-rate still judges the errors
     report = json.loads(out)
     validate_report(report)
     assert report["status_codes"] == {"INVALID_ARGUMENT": 3} and report["slo"]["error_rate"] == 1.0
+    assert report["slo"]["max_error_rate"] == DEFAULT_MAX_ERROR_RATE and report["slo"]["passed"] is False
     assert report["errors"][0]["count"] == 3 and report["errors"][0]["message"].startswith("t0:")
     assert report["latency_seconds"]["p99"] is None
     assert run_cli(capsys, "--address", server.address, "--requests", "3", "--t0", "2", "--max-error-rate", "0.5")[0] == 1
+    code, out, _ = run_cli(capsys, "--address", server.address, "--requests", "3", "--t0", "2", "--max-error-rate", "1")
+    assert code == 0 and "SLO: met" in out  # errors reported, not judged
+
+
+@pytest.mark.parametrize("shape", [dict(concurrency=2), dict(rate=200.0)], ids=["closed", "open"])
+def test_a_vanished_server_gets_backoff_not_a_flood(make_server, shape):
+    """The server stops 1 s into a 3.5 s run. Before, the client sent every call it could
+    (closed loop: thousands a second, each failing at once with UNAVAILABLE; open loop: the
+    full rate); now each caller (or the open loop's schedule) backs off exponentially, the
+    requests due during a back-off are recorded as errors without being sent, and the
+    default error-rate SLO fails the run."""
+    from sdedit.v1 import sdedit_pb2_grpc
+    from service.loadtest.report import build_report
+    from service.loadtest.runner import Runner, open_channel
+    from service.loadtest.workload import pick_model
+
+    srv = make_server()
+    plan = LoadPlan(address=srv.address, duration=3.5, **shape)
+
+    async def run():
+        async with open_channel(srv.address) as channel:
+            stub = sdedit_pb2_grpc.ImageEditorStub(channel)
+            workload = Workload(pick_model(list((await stub.ListModels(pb.ListModelsRequest())).models), ""), THREE_STEPS)
+            runner = Runner(plan, workload, stub)
+
+            async def stop_later() -> float:
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(srv.stop)
+                return runner._now()  # the port is closed from here on
+
+            stopper = asyncio.create_task(stop_later())
+            result = await runner.run()
+            return workload, result, await stopper
+
+    workload, result, stopped = asyncio.run(run())
+    calls_after = sorted(r.sent for r in result.records if r.sent >= stopped and r.called)
+    print(f"{plan.mode} loop: {len(calls_after)} calls in the {plan.duration - stopped:.1f} s after the server stopped")
+    assert sum(r.code == "OK" for r in result.records) > 20  # it did run against a live server first
+    assert 1 <= len(calls_after) < 40
+    assert all(r.code == "UNAVAILABLE" for r in result.records if r.sent >= stopped)
+    if plan.mode == "open":
+        due = [r.intended for r in result.records]
+        assert due == pytest.approx([k / plan.rate for k in range(len(due))])  # the schedule is kept...
+        assert len(due) == pytest.approx(plan.duration * plan.rate, abs=2)
+        not_sent = [r for r in result.records if not r.called]
+        assert len(not_sent) > 0.8 * (plan.duration - stopped) * plan.rate  # ...requests due in a back-off are not sent
+        assert all(r.message.startswith("not sent") for r in not_sent)
+        for t in calls_after:  # and no burst when a back-off ends
+            assert sum(t <= u < t + 0.1 for u in calls_after) <= 3
+    report = build_report(plan, workload, result, SLO(max_error_rate=DEFAULT_MAX_ERROR_RATE))
+    validate_report(report)
+    assert report["slo"]["passed"] is False and report["status_codes"]["UNAVAILABLE"] > 0
+    assert report["requests"]["not_sent"] == sum(not r.called for r in result.records if not r.warmup)
 
 
 def test_bad_flags_and_no_server_exit_2(server, capsys):

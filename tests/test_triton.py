@@ -7,8 +7,14 @@ triton`. Fault tests (Triton killed, restarted, models unloaded) are in test_tri
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,7 +30,7 @@ from service.errors import BackendError, DeadlineExceeded, ServiceError
 from service.imaging import decode_npy
 from service.models import load_registry
 from tests.conftest import png
-from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings
+from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
 from tests.servers import test_settings as service_settings
 
 DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
@@ -112,6 +118,103 @@ def test_concurrent_calls_use_their_own_regions_registered_once_and_freed(parity
     assert shm_files(prefix) == [] and connection.shm.region_names() == []
     with TritonConnection(triton_settings(parity_repository, triton.url, shm=False)) as probe:
         assert triton_regions(probe.client, prefix) == []
+
+
+def _shm_models(settings: Settings, repository) -> tuple[TritonConnection, TritonScoreModel]:
+    connection = TritonConnection(settings).acquire()
+    info = next(i for i in connection.score_models(repository) if i.name == "gauss")
+    model = TritonScoreModel(connection, info)
+    connection.release()  # the model holds it now
+    return connection, model
+
+
+def _predict(model: TritonScoreModel, width: int, batch: int = 1) -> None:
+    x = np.zeros((batch, 1, 16, width), np.float32)
+    assert model.predict_eps(x, np.full(batch, 500, np.float32)).shape == x.shape
+
+
+def test_idle_region_sets_are_freed_after_the_idle_limit(parity_repository, triton):
+    connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True,
+                                                    triton_shm_idle_seconds=0.5), parity_repository)
+    pool, prefix = connection.shm, connection.shm.prefix
+    try:
+        for width in (16, 24, 32):  # each larger than the last: one set each
+            _predict(model, width)
+        held = pool.region_names()
+        assert len(held) == 9 and shm_files(prefix) == held == triton_regions(connection.client, prefix)
+        wait_for(lambda: not pool.region_names(), timeout=5, what="idle sets freed")  # 0.5 s idle, then freed
+        assert shm_files(prefix) == [] and triton_regions(connection.client, prefix) == []
+        _predict(model, 16)  # the pool goes on working: a fresh set, registered again
+        assert len(pool.region_names()) == 3 and shm_files(prefix) == triton_regions(connection.client, prefix)
+    finally:
+        model.close()
+    assert shm_files(prefix) == []
+
+
+def test_the_pool_keeps_at_most_its_bound_of_idle_sets(parity_repository, triton):
+    connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True, triton_shm_max_idle_sets=1,
+                                                    triton_shm_idle_seconds=0), parity_repository)  # never by age
+    pool, prefix = connection.shm, connection.shm.prefix
+    try:
+        for width in (16, 24, 32):
+            _predict(model, width)
+        held = pool.region_names()
+        assert len(held) == 3 and all(name.startswith(f"{prefix}2_") for name in held)  # the most recent set only
+        assert shm_files(prefix) == held == triton_regions(connection.client, prefix)
+        time.sleep(0.3)
+        assert pool.region_names() == held  # idle_seconds 0: kept however long idle
+    finally:
+        model.close()
+    assert shm_files(prefix) == []
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (process group, command line) of every live (not zombie) process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, pgrp, ...
+        if fields[0] != "Z":
+            found[int(entry.name)] = (int(fields[2]), cmdline)
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signalling_the_launcher_stops_its_tritonserver_and_stubs(oracle_repository, tmp_path, sig):
+    """`make triton-cpu` (python -m service.backends.triton_local) stopped by a signal leaves
+    no tritonserver and no Python-backend stub of its run behind."""
+    target = tmp_path / "repository"  # unique: on the tritonserver's command line
+    ports = [str(free_port()) for _ in range(3)]
+    launcher = subprocess.Popen([sys.executable, "-m", "service.backends.triton_local", "--model-repository",
+                                 str(oracle_repository), "--target", str(target), "--grpc-port", ports[0],
+                                 "--http-port", ports[1], "--metrics-port", ports[2]],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    group = None
+    try:
+        assert "ready on" in launcher.stdout.readline()  # printed once Triton and its models are ready
+        servers = [pid for pid, (_, cmd) in _processes().items() if f"--model-repository={target}" in cmd]
+        assert len(servers) == 1
+        group = os.getpgid(servers[0])
+        ours = {pid: cmd for pid, (pgrp, cmd) in _processes().items() if pgrp == group}
+        assert any("triton_python_backend_stub" in cmd for cmd in ours.values())  # the stubs share its group
+        launcher.send_signal(sig)
+        code = launcher.wait(30)
+        left = {pid: cmd for pid, (pgrp, cmd) in _processes().items() if pgrp == group or str(target) in cmd}
+        assert left == {}
+        assert code == 0  # a requested stop, not a crash
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)  # what the launcher left of its own run
 
 
 def test_the_deadline_bounds_each_call(parity_repository, triton):

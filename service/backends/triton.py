@@ -65,7 +65,8 @@ class TritonConnection:
             ("grpc.min_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 1000),
         ])
-        self.shm = ShmPool(self.client, timeout=min(self.timeout, 5.0)) if settings.triton_shared_memory else None
+        self.shm = ShmPool(self.client, timeout=min(self.timeout, 5.0), idle_seconds=settings.triton_shm_idle_seconds,
+                           max_idle=settings.triton_shm_max_idle_sets) if settings.triton_shared_memory else None
         self._users = 0
         self._lock = threading.Lock()
 

@@ -174,18 +174,39 @@ def main(argv: list[str] | None = None) -> int:
     cpu_repository(sources, args.target)
     server = LocalTriton(args.target, args.target.parent / "tritonserver.log", host=args.host,
                          grpc_port=args.grpc_port, http_port=args.http_port, metrics_port=args.metrics_port)
+    # SIGTERM's default action ends this process at once, and the tritonserver runs in a
+    # session of its own (so that its stubs can be stopped with it): it would be left
+    # running. Turn SIGTERM, like SIGINT, into an exception, so that `finally` stops it.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _raise_stop)
     try:
         server.start()
         print(f"Triton (CPU variant of {', '.join(map(str, sources))}) ready on {server.url}; log {server.log_path}; "
-              "Ctrl-C stops it", flush=True)
+              "Ctrl-C or SIGTERM stops it", flush=True)
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
         print(f"tritonserver exited; its log:\n{server.log_tail()}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, StopRequested):
         return 0
     finally:
-        server.stop()
+        # a second signal must not cut the stop short: SIGTERM to the server, up to 15 s,
+        # then SIGKILL to its process group (stubs included)
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            server.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class StopRequested(Exception):
+    """SIGTERM arrived: stop the server and exit 0."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise StopRequested
 
 
 if __name__ == "__main__":

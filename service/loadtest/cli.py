@@ -1,7 +1,8 @@
 """`sdedit loadtest`: flags, the run, the report, the exit code.
 
-Exit codes: 0 done (and every given SLO met), 1 an SLO missed (--max-p99,
---max-error-rate), 2 bad flags or no usable server (nothing was measured).
+Exit codes: 0 done (and every SLO met), 1 an SLO missed (--max-p99, --max-error-rate,
+whose default DEFAULT_MAX_ERROR_RATE always applies), 2 bad flags or no usable server
+(nothing was measured).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import grpc
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.loadtest.plots import plots_available, write_plots
-from service.loadtest.report import SLO, build_report, format_report
+from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, build_report, format_report
 from service.loadtest.runner import LoadPlan, Runner, open_channel
 from service.loadtest.triton import TritonWatch
 from service.loadtest.workload import RequestOptions, Workload, WorkloadError, parse_size, pick_model
@@ -58,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", metavar="PATH", help="write the report as JSON (docs/loadtest.md); '-' = stdout")
     out.add_argument("--plot-dir", type=Path, help="write latency PNG plots here (needs matplotlib)")
     out.add_argument("--max-p99", type=float, help="exit 1 when the p99 latency (s) is above this")
-    out.add_argument("--max-error-rate", type=float, help="exit 1 when the error fraction (0..1) is above this")
+    out.add_argument("--max-error-rate", type=float, default=DEFAULT_MAX_ERROR_RATE,
+                     help="exit 1 when the error fraction (0..1, requests not sent while backing off included) is above "
+                          f"this (default {DEFAULT_MAX_ERROR_RATE:g}; 1 = never)")
     out.add_argument("--triton-metrics-url", help="Triton's metrics URL (http://HOST:8002/metrics): "
                                                   "also report its queue and compute time and batch size")
 

@@ -5,7 +5,9 @@ The JSON form is documented in docs/loadtest.md and docs/loadtest.schema.json
 Latency covers the requests sent in the measured window; throughput, the answers received
 in it (service/loadtest/runner.py). Percentiles are nearest-rank: p99 is a latency that 99% of the requests did not exceed,
 one that some request really had. Latency statistics cover successful requests; errors
-are counted apart (a fast RESOURCE_EXHAUSTED would otherwise flatter the p99).
+are counted apart (a fast RESOURCE_EXHAUSTED would otherwise flatter the p99). Errors include
+the open loop's requests that were due while it backed off after UNAVAILABLE and so were
+not sent (`requests.not_sent`): from the user's side, each is a request the service failed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SCHEMA_VERSION = 1
 PERCENTILES = (50, 90, 95, 99)
 MAX_ERROR_KINDS = 20
 MAX_MESSAGE_CHARS = 300
+DEFAULT_MAX_ERROR_RATE = 0.01  # the command's --max-error-rate unless given: a run that mostly fails is not a pass
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def build_report(plan: LoadPlan, workload: Workload, result: RunResult, slo: SLO
         "model": {"name": model.name, "width": model.width, "height": model.height, "channels": model.channels,
                   "flexible_size": model.flexible_size, "content_hash": model.content_hash},
         "window_seconds": seconds,
-        "requests": {"measured": len(measured), "ok": len(ok), "errors": errors, "warmup": len(result.records) - len(measured)},
+        "requests": {"measured": len(measured), "ok": len(ok), "errors": errors,
+                     "not_sent": sum(not r.called for r in measured), "warmup": len(result.records) - len(measured)},
         "throughput": {
             "answers_in_window": len(answered),
             "requests_per_second": _rate(len(answered), seconds),
@@ -144,7 +148,8 @@ def format_report(report: dict) -> str:
     r, t, cache = report["requests"], report["throughput"], report["cache"]
     lines = [describe_plan(report)]
     hit_ratio = "-" if cache["hit_ratio"] is None else f"{cache['hit_ratio']:.1%}"
-    lines.append(f"requests {r['measured']} (ok {r['ok']}, errors {r['errors']}; {r['warmup']} warm-up not counted) "
+    not_sent = f", {r['not_sent']} of them not sent (backing off)" if r["not_sent"] else ""
+    lines.append(f"requests {r['measured']} (ok {r['ok']}, errors {r['errors']}{not_sent}; {r['warmup']} warm-up not counted) "
                  f"in a {report['window_seconds']:.2f} s window: {t['requests_per_second']:.2f} req/s, "
                  f"{t['images_per_second']:.2f} images/s, {t['network_calls_per_second']:.1f} network calls/s, "
                  f"cache hits {cache['hits']}/{r['ok']} ({hit_ratio})")

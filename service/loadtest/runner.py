@@ -12,6 +12,14 @@ server, and the server's queue disappears from the numbers. Each record keeps bo
 
 Warm-up: requests due in the first `warmup` seconds run but are not measured.
 
+Back-off: a call that fails with UNAVAILABLE (the server is gone, draining, or cannot be
+connected to: gRPC fails such calls at once, so a client that just goes on sends tens of
+thousands of calls a second at nothing) starts an exponential back-off with jitter: each
+closed-loop caller waits before its next call; the open loop's schedule sends nothing
+until its back-off ends, and each request due meanwhile is recorded as an UNAVAILABLE
+error that was not sent (its intended time kept, so the schedule neither shifts nor
+bursts when the back-off ends). Any other answer resets the back-off.
+
 The measured window starts at the end of warm-up and lasts `duration` seconds (or, given a
 request count, until the last measured request is sent). Latency statistics cover the
 requests sent in the window; throughput counts the answers received in it, whenever their
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +63,9 @@ class LoadPlan:
     warmup: float = 0.0  # seconds
     rpc: str = "edit"  # "edit" | "stream"
     timeout: float = 600.0  # per-request deadline, seconds
-    seed: int = 0  # of the arrival times and the request mix
+    seed: int = 0  # of the arrival times, the request mix and the back-off jitter
+    backoff_initial: float = 0.05  # seconds: the first back-off after an UNAVAILABLE
+    backoff_max: float = 2.0  # seconds: back-offs double up to this
 
     @property
     def mode(self) -> str:
@@ -78,6 +89,7 @@ class Record:
     network_calls: int = 0  # per sample, as the response reports
     cached: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    called: bool = True  # False: due during a back-off, recorded as an error and not sent
 
     @property
     def latency(self) -> float:
@@ -93,6 +105,35 @@ class RunResult:
     records: list[Record]
     window_seconds: float  # length of the measured window (see the module's docstring)
     started_at: float  # unix time of the end of warm-up
+
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.name
+NOT_SENT = "not sent: the client was backing off after UNAVAILABLE"
+
+
+class Backoff:
+    """Exponential back-off with jitter: the n-th UNAVAILABLE in a row pauses for
+    min(maximum, initial * 2^n) seconds times a uniform factor in [0.5, 1) (the jitter
+    keeps callers that failed together from retrying together)."""
+
+    def __init__(self, initial: float, maximum: float, rng: np.random.Generator):
+        self.initial, self.maximum, self.rng = initial, maximum, rng
+        self.failures = 0
+        self.until = -math.inf  # back off until then (the runner's clock)
+
+    def failed(self, now: float) -> float:
+        """Counts an UNAVAILABLE answered at `now`; returns the pause it starts."""
+        pause = min(self.maximum, self.initial * 2 ** self.failures) * self.rng.uniform(0.5, 1.0)
+        self.failures += 1
+        self.until = max(self.until, now + pause)
+        return pause
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.until = -math.inf
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
 
 
 class Runner:
@@ -115,7 +156,7 @@ class Runner:
         marker = asyncio.create_task(self._mark_measure_start()) if self.plan.warmup > 0 else None
         try:
             if self.plan.mode == "closed":
-                await asyncio.gather(*(self._caller() for _ in range(self.plan.concurrency)))
+                await asyncio.gather(*(self._caller(self._backoff(k)) for k in range(self.plan.concurrency)))
             else:
                 await self._open_loop()
         finally:
@@ -149,30 +190,51 @@ class Runner:
         self._tickets -= 1
         return True
 
-    async def _caller(self) -> None:
+    def _backoff(self, worker: int) -> Backoff:
+        rng = np.random.default_rng([self.plan.seed, 2, worker])  # its own jitter per caller
+        return Backoff(self.plan.backoff_initial, self.plan.backoff_max, rng)
+
+    async def _caller(self, backoff: Backoff) -> None:
         while self._may_send(due := self._now()):
-            await self._send(self.workload.next(), due)
+            await self._send(self.workload.next(), due, backoff)
+            if backoff.paused(now := self._now()):
+                left = math.inf if self._end is None else max(0.0, self._end - now)  # never past the window
+                await asyncio.sleep(min(backoff.until - now, left))
 
     async def _open_loop(self) -> None:
         limit = asyncio.Semaphore(self.plan.concurrency) if self.plan.concurrency > 0 else None
         rng = np.random.default_rng(self.plan.seed + 1)
+        backoff = self._backoff(0)  # one for the schedule
         tasks: set[asyncio.Task] = set()
         due = -self.plan.warmup
         while self._may_send(due):
             await asyncio.sleep(max(0.0, due - self._now()))
+            spec = self.workload.next()
             if limit is not None:
                 await limit.acquire()  # waiting here is part of the request's latency
-            task = asyncio.create_task(self._send(self.workload.next(), due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            if limit is not None:
-                task.add_done_callback(lambda _: limit.release())
-            gap = rng.exponential(1 / self.plan.rate) if self.plan.arrivals == "poisson" else 1 / self.plan.rate
-            due += gap
+            if backoff.paused(self._now()):  # due while backing off: an error, and the schedule goes on
+                if limit is not None:
+                    limit.release()
+                self._not_sent(spec, due)
+            else:
+                task = asyncio.create_task(self._send(spec, due, backoff))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if limit is not None:
+                    task.add_done_callback(lambda _: limit.release())
+            due += self._gap(rng)
         if tasks:
             await asyncio.gather(*tasks)
 
-    async def _send(self, spec: RequestSpec, due: float) -> None:
+    def _gap(self, rng: np.random.Generator) -> float:
+        return rng.exponential(1 / self.plan.rate) if self.plan.arrivals == "poisson" else 1 / self.plan.rate
+
+    def _not_sent(self, spec: RequestSpec, due: float) -> None:
+        now = self._now()
+        self.records.append(Record(next(self._index), due, now, now, spec.size, spec.seed_kind, due < 0,
+                                   code=UNAVAILABLE, message=NOT_SENT, called=False))
+
+    async def _send(self, spec: RequestSpec, due: float, backoff: Backoff) -> None:
         record = Record(next(self._index), due, self._now(), 0.0, spec.size, spec.seed_kind, due < 0)
         try:
             response = await self._call(spec.request)
@@ -185,6 +247,10 @@ class Runner:
         except NoResult as exc:
             record.code, record.message = grpc.StatusCode.UNKNOWN.name, str(exc)
         record.done = self._now()
+        if record.code == UNAVAILABLE:
+            backoff.failed(record.done)
+        else:
+            backoff.succeeded()
         self.records.append(record)
 
     async def _call(self, request: pb.EditRequest) -> pb.EditResponse:
