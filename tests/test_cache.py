@@ -175,6 +175,7 @@ def test_key_namespaces_keep_results_requests_and_locks_apart():
     assert result.startswith("app:v1:result:") and request.startswith("app:v1:request:")
     assert keys.lock(result).startswith("app:v1:lock:result:") and keys.lock(request).startswith("app:v1:lock:request:")
     assert "my id" not in request  # request ids are hashed: any printable id makes a plain key
+    assert keys.is_request(request) and not keys.is_request(result) and not keys.is_request(keys.lock(request))
 
 
 # --- stored values -------------------------------------------------------------------------------
@@ -212,8 +213,13 @@ def test_values_that_are_not_ours_or_for_another_model_version_are_refused(regis
     for bad in (b"", pickle.dumps({"a": 1}), value[:-1], value + b"x", MAGIC + b"\x00\x00\x00\x05{bad}"):
         with pytest.raises(CorruptEntry):
             decode_entry(bad, info)
+    updated = dataclasses.replace(info, content_hash="0" * 64)
     with pytest.raises(CorruptEntry, match="model version"):
-        decode_entry(value, dataclasses.replace(info, content_hash="0" * 64))
+        decode_entry(value, updated)
+    # a request_id record is read whatever model it answered, for its fingerprint to be compared
+    assert decode_entry(value, updated, check_model=False).fingerprint == "f" * 64
+    with pytest.raises(CorruptEntry):
+        decode_entry(value[:-1], updated, check_model=False)
 
 
 # --- fail-open ---------------------------------------------------------------------------------

@@ -160,6 +160,47 @@ def test_a_request_id_reused_for_a_different_request_is_already_exists(cached_se
     assert models["gauss"].calls == 10 and srv.service.cache.stats.request_id_conflicts == 1
 
 
+def assert_request_id_reused(raised) -> None:
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS, raised.value
+    info = error_details_pb2.ErrorInfo()
+    assert rpc_status.from_call(raised.value).details[0].Unpack(info) and info.reason == "REQUEST_ID_REUSED"
+
+
+def test_a_request_id_reused_with_another_model_is_already_exists_and_keeps_the_first_response(cached_server,
+                                                                                              guide16):
+    """The stored record belongs to another model: a conflict, never a miss that recomputes and overwrites."""
+    srv, models = cached_server()
+    original = build_request(png(guide16), t0=0.5, steps=10, num_samples=2, request_id="job-1")  # unseeded
+    first = edit(srv.address, original)
+    with pytest.raises(grpc.RpcError) as raised:
+        edit(srv.address, build_request(png(guide16), t0=0.5, steps=10, num_samples=2, model="gauss-ve",
+                                        request_id="job-1"))
+    assert_request_id_reused(raised)
+    assert models["gauss-ve"].calls == 0, "the conflicting request ran the loop"
+    again = edit(srv.address, original)
+    assert again.cached and images(again) == images(first), "the retry of the original got a different image"
+    assert models["gauss"].calls == 10 and srv.service.cache.stats.request_id_conflicts == 1
+
+
+def test_a_request_id_sent_to_a_replica_with_an_updated_model_is_already_exists(make_server, redis_server, tmp_path,
+                                                                                guide16):
+    """Two replicas share Redis; the second serves a retrained "gauss" (same name, new content hash)."""
+    retrained = tmp_path / "repository"
+    write_model(retrained, "gauss", gaussian_model(VP, 0.3, 0.5).SerializeToString(),
+                model_parameters(VP, 16, 16, 1, default_steps=20, description="retrained"))
+    old_wrap, new_wrap = counting(), counting()
+    old = make_server(wrap_model=old_wrap, cache="redis", redis_url=redis_server.url)
+    new = make_server(wrap_model=new_wrap, cache="redis", redis_url=redis_server.url, model_repository=retrained)
+    request = build_request(png(guide16), t0=0.5, steps=10, request_id="job-2")  # unseeded
+    first = edit(old.address, request)
+    with pytest.raises(grpc.RpcError) as raised:
+        edit(new.address, request)
+    assert_request_id_reused(raised)
+    assert new_wrap.models["gauss"].calls == 0 and new.service.cache.stats.request_id_conflicts == 1
+    again = edit(old.address, request)
+    assert again.cached and images(again) == images(first) and old_wrap.models["gauss"].calls == 10
+
+
 def test_a_seeded_request_with_a_request_id_is_also_a_cache_hit_for_other_ids(cached_server, guide16):
     srv, models = cached_server()
     first = edit(srv.address, build_request(png(guide16), t0=0.5, steps=10, seed=2, request_id="a"))

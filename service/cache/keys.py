@@ -68,6 +68,9 @@ class KeySpace:
     def request(self, request_id: str) -> str:
         return f"{self.base}:request:{hashlib.sha256(request_id.encode()).hexdigest()}"
 
+    def is_request(self, key: str) -> bool:
+        return key.startswith(f"{self.base}:request:")
+
     def lock(self, key: str) -> str:
         """The single-flight lock of a result or request key."""
         return f"{self.base}:lock:{key.removeprefix(self.base + ':')}"

@@ -8,7 +8,9 @@
   appears, or the lock goes away without one, or `lock_seconds` pass: then they compute.
 - request_id (AIP-155): the first response to an id is kept, in its own key namespace,
   with the fingerprint of the request it answered. A repeat of the same request gets that
-  response (seeded or not); the same id with a different request gets RequestIdConflict.
+  response (seeded or not); the same id with a different request (other parameters,
+  another model, or the same model after an update) gets RequestIdConflict, and the
+  record stays as it was.
 - Every store call goes through FailOpen: when the store is down, edits run uncached.
 """
 
@@ -155,7 +157,9 @@ class ResultCache:
         if value is None:
             return None
         try:
-            return decode_entry(value, model)
+            # a request_id record is read whichever model it answered: run() compares its
+            # fingerprint and answers a conflict, never a miss that would overwrite it
+            return decode_entry(value, model, check_model=not self.keys.is_request(key))
         except CorruptEntry as exc:
             self.stats.errors += 1
             log.warning("ignoring the cache entry %s: %s", key, exc)
