@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import io
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from service.requests import EditOutcome, EditRequestData, OutputImage
 from service.validation import prepare_job
 from tests import servers
 from tests.conftest import png
+from tests.servers import wait_for
 
 
 class Clock:
@@ -106,6 +109,15 @@ def test_memory_locks_are_exclusive_token_checked_and_expire():
         assert await store.acquire_lock("l", "t2", 5)
         clock.now += 5
         assert await store.acquire_lock("l", "t3", 5)  # the dead holder's lock expired
+        clock.now += 4
+        assert not await store.extend_lock("l", "t2", 5)  # only its holder renews it
+        assert await store.extend_lock("l", "t3", 5)
+        clock.now += 4
+        assert not await store.acquire_lock("l", "t4", 5)  # renewed: still held 8 s after it was taken
+        clock.now += 1
+        assert not await store.extend_lock("l", "t3", 5)  # expired: lost, not revived
+        assert await store.add("r", b"first", 5) == (True, None)
+        assert await store.add("r", b"second", 5) == (False, b"first") and await store.get("r") == b"first"
 
     run(exercise())
 
@@ -180,9 +192,10 @@ def test_key_namespaces_keep_results_requests_and_locks_apart():
 
 # --- stored values -------------------------------------------------------------------------------
 
-def outcome(info: ModelInfo, fmt: str = "png") -> EditOutcome:
+def outcome(info: ModelInfo, fmt: str = "png", value: int = 1) -> EditOutcome:
+    """Two images; `value` tells apart the outcomes of two runs of one unseeded request."""
     if fmt == "png":
-        data = [png(np.full((4, 4), v, dtype=np.uint8)) for v in (1, 2)]
+        data = [png(np.full((4, 4), v, dtype=np.uint8)) for v in (value, value + 1)]
     else:
         buffer = io.BytesIO()
         np.save(buffer, np.zeros((1, 4, 4), np.float32), allow_pickle=False)
@@ -355,6 +368,44 @@ def test_responses_over_the_entry_limit_are_not_stored(registry, settings):
     run(exercise())
 
 
+def test_request_id_records_are_kept_even_above_the_entry_limit(registry, settings):
+    """The entry limit bounds what is worth caching; a request_id record is a promise to the client."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings, seed=None, request_id="big")  # unseeded: only the record makes it repeatable
+    runs = iter(range(1, 100))
+
+    async def compute() -> EditOutcome:
+        return outcome(info, value=next(runs))
+
+    async def exercise() -> None:
+        cache = memory_cache(max_entry_bytes=64)
+        first = await cache.run(key, info, compute)
+        again = await cache.run(key, info, compute)
+        assert again.cached and [i.data for i in again.images] == [i.data for i in first.images]
+        assert cache.stats.stored == 1 and cache.stats.request_id_unrecorded == 0
+
+    run(exercise())
+
+
+def test_a_request_id_record_that_cannot_be_kept_is_counted_and_logged(registry, settings, caplog):
+    info = registry.get("gauss").info
+
+    async def compute() -> EditOutcome:
+        return outcome(info)
+
+    async def exercise() -> None:
+        cache = memory_cache(max_entry_bytes=64, max_request_bytes=64)
+        for request_id in ("huge-1", "huge-2"):
+            key = job_key(registry, settings, seed=None, request_id=request_id)
+            assert not (await cache.run(key, info, compute)).cached
+        assert cache.stats.request_id_unrecorded == 2 and cache.stats.stored == 0
+
+    run(exercise())
+    warnings = [r for r in caplog.records if "request_id" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warnings) == 1, "logged once per interval, not once per edit"
+    assert "not kept" in warnings[0].getMessage()
+
+
 # --- the Redis store ---------------------------------------------------------------------------
 
 def test_redis_locks_set_nx_with_a_ttl_and_release_only_with_their_token(redis_server):
@@ -367,12 +418,22 @@ def test_redis_locks_set_nx_with_a_ttl_and_release_only_with_their_token(redis_s
             assert await store.exists("l")
             assert await store.release_lock("l", "mine") and not await store.exists("l")
             assert await store.set("k", b"v", 30) and await store.get("k") == b"v"
+            assert await store.acquire_lock("renewed", "mine", 0.2)
+            assert not await store.extend_lock("renewed", "theirs", 30)  # token-checked PEXPIRE
+            assert await store.extend_lock("renewed", "mine", 30)
+            await asyncio.sleep(0.3)
+            assert await store.exists("renewed")  # past its first TTL
+            assert await store.add("record", b"first", 30) == (True, None)  # SET NX ...
+            assert await store.add("record", b"second", 30) == (False, b"first")  # ... that answers what is there
+            assert await store.get("record") == b"first"
         finally:
             await store.close()
 
     run(exercise())
     with redis_server.client() as client:
         assert 0 < client.pttl("k") <= 30_000
+        assert 20_000 < client.pttl("renewed") <= 30_000 and 0 < client.pttl("record") <= 30_000
+        assert not client.exists("theirs")
 
 
 def test_redis_store_errors_are_cache_unavailable(redis_server):
@@ -387,3 +448,100 @@ def test_redis_store_errors_are_cache_unavailable(redis_server):
             await store.close()
 
     run(exercise())
+
+
+# --- single-flight across replicas (two ResultCaches on one real Redis) ------------------------------
+
+def redis_cache(url: str, **overrides) -> ResultCache:
+    options = dict(ttl_seconds=60, max_entry_bytes=1 << 20, key_prefix="t", lock_seconds=5, timeout=1, retry_seconds=1)
+    options.update(overrides)
+    return ResultCache(RedisStore(url, timeout=1.0, max_connections=4), **options)
+
+
+def lock_keys(redis_server) -> list[bytes]:
+    with redis_server.client() as client:
+        return client.keys("t:*:lock:*")
+
+
+def test_the_lock_is_renewed_while_a_long_edit_runs_so_another_replica_waits_instead_of_computing(
+        registry, settings, redis_server):
+    """An edit lasting over 3 lock lifetimes: the duplicate on the other replica follows it to the end."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings)
+    calls = {"a": 0, "b": 0}
+    ttl_during_edit: list[int] = []
+
+    async def exercise() -> None:
+        a, b = redis_cache(redis_server.url, lock_seconds=0.5), redis_cache(redis_server.url, lock_seconds=0.5)
+
+        async def slow() -> EditOutcome:
+            calls["a"] += 1
+            await asyncio.sleep(1.6)
+            with redis_server.client() as client:  # 1.1 s past the lock's first expiry
+                ttl_during_edit.extend(client.pttl(k) for k in client.keys("t:*:lock:*"))
+            return outcome(info, value=1)
+
+        async def fast() -> EditOutcome:
+            calls["b"] += 1
+            return outcome(info, value=2)
+
+        try:
+            leader = asyncio.create_task(a.run(key, info, slow))
+            await asyncio.sleep(0.1)
+            follower = await b.run(key, info, fast)
+            led = await leader
+        finally:
+            await a.close()
+            await b.close()
+        assert calls == {"a": 1, "b": 0}, "the edit ran on both replicas"
+        assert follower.cached and [i.data for i in follower.images] == [i.data for i in led.images]
+        assert b.stats.coalesced == 1 and b.stats.misses == 0
+
+    run(exercise())
+    assert len(ttl_during_edit) == 1 and 0 < ttl_during_edit[0] <= 500, ttl_during_edit
+    assert lock_keys(redis_server) == [], "the lock outlived the edit"
+
+
+def test_a_request_id_record_is_never_overwritten_by_a_replica_that_stalled_past_its_lock(
+        registry, settings, redis_server):
+    """Replica A's event loop stalls (a blocking call) longer than the lock lives, so it cannot
+    renew it: replica B's retry of the same unseeded request_id computes and answers first.
+    When A wakes, it must answer B's response (the one kept), not overwrite it with its own."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings, seed=None, request_id="pay-42")
+    answers: dict[str, EditOutcome] = {}
+
+    def replica(name: str, value: int, stall: float) -> None:
+        async def compute() -> EditOutcome:
+            time.sleep(stall)  # blocks this replica's event loop: no renewal can run
+            return outcome(info, value=value)
+
+        async def serve() -> None:
+            cache = redis_cache(redis_server.url, lock_seconds=0.3)
+            try:
+                answers[name] = await cache.run(key, info, compute)
+            finally:
+                await cache.close()
+
+        asyncio.run(serve())
+
+    stalled = threading.Thread(target=replica, args=("a", 1, 1.2))
+    stalled.start()
+    wait_for(lambda: lock_keys(redis_server) != [], 5, interval=0.005, what="replica A's lock")
+    replica("b", 2, 0.0)  # follows A's lock until it expires (0.3 s), then computes
+    stalled.join(10)
+    assert [i.data for i in answers["b"].images] == [i.data for i in outcome(info, value=2).images]
+    assert [i.data for i in answers["a"].images] == [i.data for i in answers["b"].images], \
+        "two answers to one request_id"
+    assert answers["a"].cached
+
+    async def retry() -> EditOutcome:
+        cache = redis_cache(redis_server.url)
+        try:
+            async def never() -> EditOutcome:
+                raise AssertionError("the retry ran the edit")
+            return await cache.run(key, info, never)
+        finally:
+            await cache.close()
+
+    assert [i.data for i in run(retry()).images] == [i.data for i in answers["b"].images]

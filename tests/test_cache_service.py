@@ -160,6 +160,16 @@ def test_a_request_id_reused_for_a_different_request_is_already_exists(cached_se
     assert models["gauss"].calls == 10 and srv.service.cache.stats.request_id_conflicts == 1
 
 
+def test_a_request_id_response_over_the_entry_limit_is_still_kept_for_its_retries(cached_server, guide16):
+    srv, models = cached_server(cache_max_entry_bytes=64)  # no response fits: results are not cached
+    request = build_request(png(guide16), t0=0.5, steps=10, num_samples=2, request_id="large-1")  # unseeded
+    first = edit(srv.address, request)
+    again = edit(srv.address, request)
+    assert again.cached and images(again) == images(first) and models["gauss"].calls == 10
+    stats = srv.service.cache.stats
+    assert stats.request_id_replays == 1 and stats.request_id_unrecorded == 0
+
+
 def assert_request_id_reused(raised) -> None:
     assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS, raised.value
     info = error_details_pb2.ErrorInfo()
