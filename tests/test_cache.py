@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import sdedit
 from service.backends.base import ModelInfo
+from service.backends.onnx import OnnxScoreModel
+from service.backends.repository import model_info_from_config, model_parameters, read_config, write_model
+from service.backends.variants import PlanProfile, cpu_config, tensorrt_plan_config
 from service.cache import ResultCache, request_key
 from service.cache.codec import MAGIC, CorruptEntry, Entry, decode_entry, encode_entry
 from service.cache.failopen import CircuitBreaker, FailOpen
@@ -23,12 +27,14 @@ from service.cache.memory import MemoryStore
 from service.cache.redis import RedisStore
 from service.cache.stats import CacheStats
 from service.cache.store import CacheUnavailable
-from service.errors import Cancelled, Unavailable
+from service.errors import Cancelled, ModelConfigError, Unavailable
 from service.models import load_registry
+from service.oracle_models import gaussian_model
 from service.requests import EditOutcome, EditRequestData, OutputImage
+from service.sdedit import EditParams
 from service.validation import prepare_job
 from tests import servers
-from tests.conftest import png
+from tests.conftest import VP, png
 from tests.servers import wait_for
 
 
@@ -143,7 +149,7 @@ def job_key(registry, settings, info: ModelInfo | None = None, **fields):
     return request_key(prepare_job(EditRequestData(**request), model, settings), info or model.info)
 
 
-def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
+def test_the_key_covers_every_field_that_changes_the_output(registry, settings, monkeypatch):
     def key_of(info: ModelInfo | None = None, **fields) -> str:
         return job_key(registry, settings, info, **fields).fingerprint
 
@@ -166,11 +172,16 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
         "unseeded": dict(seed=None),
         "model": dict(model="gauss-ve"),
         "model version": dict(info=dataclasses.replace(base_info, content_hash="0" * 64)),
+        # an fp16 TensorRT replica and an fp32 ONNX Runtime one make different images
+        "precision": dict(info=dataclasses.replace(base_info, precision="fp16")),
     }
     keys = {}
     for name, fields in variants.items():
         fields = dict(fields)
         keys[name] = key_of(fields.pop("info", None), **fields)
+    with monkeypatch.context() as patched:  # the SDE code changed its outputs (and bumped its version)
+        patched.setattr(sdedit, "ENGINE_VERSION", sdedit.ENGINE_VERSION + 1)
+        keys["engine version"] = key_of()
     assert len(set(keys.values())) == len(keys), "two different requests share a key"
     # what does not change the output does not change the key
     assert key_of(preview_every=2, request_id="abc") == keys["base"]
@@ -181,11 +192,69 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
     assert key_of(image=buffer.getvalue()) == keys["base"]  # same pixels, other PNG bytes
 
 
+def changed(value):
+    """Another value of the same type, for a parameter the test does not know by name."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 + 0.125  # never the same float
+    if isinstance(value, str):
+        return value + "-other"
+    raise AssertionError(f"teach this test another value of {type(value).__name__} ({value!r})")
+
+
+def test_every_edit_parameter_is_in_the_key_even_ones_added_later(registry, settings):
+    """The key takes EditParams' fields generically: a new field (a sampler option, a level
+    spacing) is covered without touching keys.py. Only preview_every is left out: it changes
+    the progress events, never the result."""
+    model = registry.get("gauss")
+    job = prepare_job(EditRequestData(image=png(np.zeros((16, 16), np.uint8)), t0=0.5, steps=10, seed=3), model,
+                      settings)
+    base = request_key(job, model.info).fingerprint
+    for f in dataclasses.fields(EditParams):
+        params = dataclasses.replace(job.params, **{f.name: changed(getattr(job.params, f.name))})
+        fingerprint = request_key(dataclasses.replace(job, params=params), model.info).fingerprint
+        if f.name == "preview_every":
+            assert fingerprint == base
+        else:
+            assert fingerprint != base, f"EditParams.{f.name} does not change the cache key"
+    assert request_key(dataclasses.replace(job, params=dataclasses.replace(job.params, t0=0.5 + 2 ** -40)),
+                       model.info).fingerprint != base  # floats exactly, not rounded to a decimal
+
+
+def test_the_backend_precision_comes_from_the_config_triton_serves(tmp_path):
+    """fp16 for TensorRT plans (built with --fp16 unless told otherwise) and ONNX Runtime's
+    TensorRT accelerator in FP16; fp32 for the CPU variant and ONNX Runtime on its own; an
+    explicit `precision` parameter wins. The embedded backend always runs fp32."""
+    model_dir = write_model(tmp_path, "m", gaussian_model(VP, 0.25, 0.5).SerializeToString(),
+                            model_parameters(VP, 16, 16, 1, default_steps=20, description="m"), tensorrt=True)
+    production = read_config(model_dir)
+
+    def precision(config) -> str:
+        return model_info_from_config(config, "m", lambda spec, channels: "0" * 64).precision
+
+    plain = read_config(write_model(tmp_path / "plain", "m", gaussian_model(VP, 0.25, 0.5).SerializeToString(),
+                                    model_parameters(VP, 16, 16, 1, default_steps=20, description="m")))
+    assert precision(production) == "fp16" and precision(plain) == "fp32"
+    assert precision(cpu_config(production)) == "fp32"
+    assert precision(tensorrt_plan_config(plain, PlanProfile())) == "fp16"
+    assert precision(tensorrt_plan_config(plain, PlanProfile(), fp16=False)) == "fp32"
+    explicit = tensorrt_plan_config(plain, PlanProfile())
+    explicit.parameters["precision"].string_value = "FP32"
+    assert precision(explicit) == "fp32"
+    explicit.parameters["precision"].string_value = "half-ish"
+    with pytest.raises(ModelConfigError, match="precision"):
+        precision(explicit)
+    assert OnnxScoreModel(model_dir).info.precision == "fp32"  # ONNX Runtime's CPU provider, whatever Triton uses
+
+
 def test_key_namespaces_keep_results_requests_and_locks_apart():
     keys = KeySpace("app")
     result, request = keys.result("ab" * 32), keys.request("my id")
-    assert result.startswith("app:v1:result:") and request.startswith("app:v1:request:")
-    assert keys.lock(result).startswith("app:v1:lock:result:") and keys.lock(request).startswith("app:v1:lock:request:")
+    assert result.startswith("app:v2:result:") and request.startswith("app:v2:request:")
+    assert keys.lock(result).startswith("app:v2:lock:result:") and keys.lock(request).startswith("app:v2:lock:request:")
     assert "my id" not in request  # request ids are hashed: any printable id makes a plain key
     assert keys.is_request(request) and not keys.is_request(result) and not keys.is_request(keys.lock(request))
 

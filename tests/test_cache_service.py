@@ -3,6 +3,7 @@ a real redis-server of each test's own (never the machine's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import subprocess
@@ -132,6 +133,23 @@ def test_a_new_model_version_never_serves_an_old_result(make_server, redis_serve
     assert not served.cached and served.model_hash != first.model_hash  # ...but never across versions
 
 
+def test_replicas_of_different_precision_never_share_results(make_server, redis_server, guide16):
+    """Replica B serves the same model (same weights, same content hash) in fp16, as a
+    TensorRT plan would: its ModelInfo says so (read from the config Triton reports; faked
+    here, since no TensorRT runs on this machine's CPU)."""
+    wrap_a, wrap_b = counting(), counting()
+    a = make_server(wrap_model=wrap_a, cache="redis", redis_url=redis_server.url)
+    b = make_server(wrap_model=wrap_b, cache="redis", redis_url=redis_server.url)
+    half = wrap_b.models["gauss"]
+    half.info = dataclasses.replace(half.info, precision="fp16")
+    assert half.info.content_hash == a.service.registry.get("gauss").info.content_hash
+    request = build_request(png(guide16), t0=0.5, steps=10, seed=1)
+    edit(a.address, request)
+    assert edit(a.address, request).cached
+    assert not edit(b.address, request).cached and half.calls == 10  # an fp32 result never answers fp16
+    assert edit(b.address, request).cached and half.calls == 10  # but fp16 replicas share theirs
+
+
 # --- request_id -----------------------------------------------------------------------------------
 
 def test_a_repeated_request_id_returns_the_first_response_even_unseeded(cached_server, guide16):
@@ -242,7 +260,7 @@ def test_every_redis_key_has_a_ttl_and_no_value_is_a_pickle(make_server, redis_s
         keys = client.keys("*")
         kinds = {k.decode().split(":")[2] for k in keys}
         assert kinds == {"result", "request"}, kinds  # locks released; request ids apart from results
-        assert all(k.startswith(b"sdedit:v1:") for k in keys)
+        assert all(k.startswith(b"sdedit:v2:") for k in keys)
         info = srv.service.registry.get("gauss").info
         for key in keys:
             assert 0 < client.pttl(key) <= 600_000, f"{key!r} has no TTL"

@@ -28,6 +28,7 @@ class ModelInfo:
     input_names: tuple[str, str] = ("x", "t")
     output_name: str = "eps"
     parameters: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"  # arithmetic the backend runs the network in (fp32, fp16, ...): part of the cache key
 
     def accepts_size(self, width: int, height: int) -> bool:
         if (width, height) == (self.width, self.height):
