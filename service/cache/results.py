@@ -204,8 +204,8 @@ class ResultCache:
         and returns the record already there instead, if one is."""
         value = encode_entry(entry)
         request = self.keys.is_request(key)
-        limit = (self.max_request_bytes if request else self.max_entry_bytes) or len(value)
-        if len(value) > limit:
+        limit = self.max_request_bytes if request else self.max_entry_bytes  # None: no limit of our own
+        if limit is not None and len(value) > limit:
             self.stats.too_large += 1
             if request:
                 self._unrecorded(f"{len(value)} bytes is over the request_id record limit of "
