@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     version.mkdir(parents=True, exist_ok=True)
     command = trtexec_command(onnx_path.resolve(), (version / PLAN_FILE).resolve(), production, profile,
                               trtexec=args.trtexec, fp16=not args.no_fp16)
-    write_config(args.target / args.model_dir.name, tensorrt_plan_config(production, profile))
+    write_config(args.target / args.model_dir.name, tensorrt_plan_config(production, profile, fp16=not args.no_fp16))
     print(shlex.join(command))
     if args.dry_run:
         return 0

@@ -76,9 +76,11 @@ class Settings:
     redis_password: str = setting("", "Redis password, kept out of the URL (e.g. SDEDIT_REDIS_PASSWORD from a Secret)")
     cache_ttl_seconds: float = setting(3600.0, "lifetime of every cached result and request_id record")
     cache_memory_bytes: int = setting(128 << 20, "memory cache bound, bytes of keys and values")
-    cache_max_entry_bytes: int = setting(16 << 20, "larger responses are not cached")
+    cache_max_entry_bytes: int = setting(16 << 20, "larger results are not cached (request_id records are, up to "
+                                         "max_message_mib)")
     cache_key_prefix: str = setting("sdedit", "prefix of every cache key (share one Redis between deployments)")
-    cache_lock_seconds: float = setting(120.0, "single-flight: lock lifetime and the longest a duplicate waits for it")
+    cache_lock_seconds: float = setting(120.0, "single-flight lock lifetime, renewed every third of it while its edit "
+                                        "runs: how long a dead replica's lock holds duplicates back")
     redis_timeout_seconds: float = setting(0.5, "connect and command timeout; slower Redis counts as down")
     redis_max_connections: int = setting(32, "Redis connection pool size per process")
     cache_retry_seconds: float = setting(2.0, "after Redis failures: how long edits skip it before one probe")

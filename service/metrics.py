@@ -214,9 +214,12 @@ CACHE_COUNTERS = {  # metric (without _total) -> (CacheStats field, help)
     "sdedit_cache_errors": ("errors", "failed or timed-out cache operations, each skipped (the cache fails open)"),
     "sdedit_cache_skipped": ("skipped", "cache operations not tried because the cache was failing open"),
     "sdedit_cache_stored": ("stored", "results and request_id records written to the cache"),
-    "sdedit_cache_too_large": ("too_large", "responses over cache_max_entry_bytes, not stored"),
+    "sdedit_cache_too_large": ("too_large", "responses over cache_max_entry_bytes (request_id records: the "
+                               "message limit), or declined by the store, not stored"),
     "sdedit_cache_request_id_replays": ("request_id_replays", "repeated request_ids answered with the first response"),
     "sdedit_cache_request_id_conflicts": ("request_id_conflicts", "request_ids reused for a different request"),
+    "sdedit_cache_request_id_unrecorded": ("request_id_unrecorded", "request_id records not kept (too large, "
+                                           "declined or cache down): a retry of those runs the edit again"),
 }
 
 

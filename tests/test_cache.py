@@ -7,12 +7,18 @@ import asyncio
 import dataclasses
 import io
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service import sdedit
 from service.backends.base import ModelInfo
+from service.backends.onnx import OnnxScoreModel
+from service.backends.repository import model_info_from_config, model_parameters, read_config, write_model
+from service.backends.variants import PlanProfile, cpu_config, tensorrt_plan_config
 from service.cache import ResultCache, request_key
 from service.cache.codec import MAGIC, CorruptEntry, Entry, decode_entry, encode_entry
 from service.cache.failopen import CircuitBreaker, FailOpen
@@ -21,12 +27,15 @@ from service.cache.memory import MemoryStore
 from service.cache.redis import RedisStore
 from service.cache.stats import CacheStats
 from service.cache.store import CacheUnavailable
-from service.errors import Cancelled, Unavailable
+from service.errors import Cancelled, ModelConfigError, Unavailable
 from service.models import load_registry
+from service.oracle_models import gaussian_model
 from service.requests import EditOutcome, EditRequestData, OutputImage
+from service.sdedit import EditParams
 from service.validation import prepare_job
 from tests import servers
-from tests.conftest import png
+from tests.conftest import VP, png
+from tests.servers import wait_for
 
 
 class Clock:
@@ -106,6 +115,15 @@ def test_memory_locks_are_exclusive_token_checked_and_expire():
         assert await store.acquire_lock("l", "t2", 5)
         clock.now += 5
         assert await store.acquire_lock("l", "t3", 5)  # the dead holder's lock expired
+        clock.now += 4
+        assert not await store.extend_lock("l", "t2", 5)  # only its holder renews it
+        assert await store.extend_lock("l", "t3", 5)
+        clock.now += 4
+        assert not await store.acquire_lock("l", "t4", 5)  # renewed: still held 8 s after it was taken
+        clock.now += 1
+        assert not await store.extend_lock("l", "t3", 5)  # expired: lost, not revived
+        assert await store.add("r", b"first", 5) == (True, None)
+        assert await store.add("r", b"second", 5) == (False, b"first") and await store.get("r") == b"first"
 
     run(exercise())
 
@@ -131,7 +149,7 @@ def job_key(registry, settings, info: ModelInfo | None = None, **fields):
     return request_key(prepare_job(EditRequestData(**request), model, settings), info or model.info)
 
 
-def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
+def test_the_key_covers_every_field_that_changes_the_output(registry, settings, monkeypatch):
     def key_of(info: ModelInfo | None = None, **fields) -> str:
         return job_key(registry, settings, info, **fields).fingerprint
 
@@ -154,11 +172,16 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
         "unseeded": dict(seed=None),
         "model": dict(model="gauss-ve"),
         "model version": dict(info=dataclasses.replace(base_info, content_hash="0" * 64)),
+        # an fp16 TensorRT replica and an fp32 ONNX Runtime one make different images
+        "precision": dict(info=dataclasses.replace(base_info, precision="fp16")),
     }
     keys = {}
     for name, fields in variants.items():
         fields = dict(fields)
         keys[name] = key_of(fields.pop("info", None), **fields)
+    with monkeypatch.context() as patched:  # the SDE code changed its outputs (and bumped its version)
+        patched.setattr(sdedit, "ENGINE_VERSION", sdedit.ENGINE_VERSION + 1)
+        keys["engine version"] = key_of()
     assert len(set(keys.values())) == len(keys), "two different requests share a key"
     # what does not change the output does not change the key
     assert key_of(preview_every=2, request_id="abc") == keys["base"]
@@ -169,19 +192,79 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings):
     assert key_of(image=buffer.getvalue()) == keys["base"]  # same pixels, other PNG bytes
 
 
+def changed(value):
+    """Another value of the same type, for a parameter the test does not know by name."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2 + 0.125  # never the same float
+    if isinstance(value, str):
+        return value + "-other"
+    raise AssertionError(f"teach this test another value of {type(value).__name__} ({value!r})")
+
+
+def test_every_edit_parameter_is_in_the_key_even_ones_added_later(registry, settings):
+    """The key takes EditParams' fields generically: a new field (a sampler option, a level
+    spacing) is covered without touching keys.py. Only preview_every is left out: it changes
+    the progress events, never the result."""
+    model = registry.get("gauss")
+    job = prepare_job(EditRequestData(image=png(np.zeros((16, 16), np.uint8)), t0=0.5, steps=10, seed=3), model,
+                      settings)
+    base = request_key(job, model.info).fingerprint
+    for f in dataclasses.fields(EditParams):
+        params = dataclasses.replace(job.params, **{f.name: changed(getattr(job.params, f.name))})
+        fingerprint = request_key(dataclasses.replace(job, params=params), model.info).fingerprint
+        if f.name == "preview_every":
+            assert fingerprint == base
+        else:
+            assert fingerprint != base, f"EditParams.{f.name} does not change the cache key"
+    assert request_key(dataclasses.replace(job, params=dataclasses.replace(job.params, t0=0.5 + 2 ** -40)),
+                       model.info).fingerprint != base  # floats exactly, not rounded to a decimal
+
+
+def test_the_backend_precision_comes_from_the_config_triton_serves(tmp_path):
+    """fp16 for TensorRT plans (built with --fp16 unless told otherwise) and ONNX Runtime's
+    TensorRT accelerator in FP16; fp32 for the CPU variant and ONNX Runtime on its own; an
+    explicit `precision` parameter wins. The embedded backend always runs fp32."""
+    model_dir = write_model(tmp_path, "m", gaussian_model(VP, 0.25, 0.5).SerializeToString(),
+                            model_parameters(VP, 16, 16, 1, default_steps=20, description="m"), tensorrt=True)
+    production = read_config(model_dir)
+
+    def precision(config) -> str:
+        return model_info_from_config(config, "m", lambda spec, channels: "0" * 64).precision
+
+    plain = read_config(write_model(tmp_path / "plain", "m", gaussian_model(VP, 0.25, 0.5).SerializeToString(),
+                                    model_parameters(VP, 16, 16, 1, default_steps=20, description="m")))
+    assert precision(production) == "fp16" and precision(plain) == "fp32"
+    assert precision(cpu_config(production)) == "fp32"
+    assert precision(tensorrt_plan_config(plain, PlanProfile())) == "fp16"
+    assert precision(tensorrt_plan_config(plain, PlanProfile(), fp16=False)) == "fp32"
+    explicit = tensorrt_plan_config(plain, PlanProfile())
+    explicit.parameters["precision"].string_value = "FP32"
+    assert precision(explicit) == "fp32"
+    explicit.parameters["precision"].string_value = "half-ish"
+    with pytest.raises(ModelConfigError, match="precision"):
+        precision(explicit)
+    assert OnnxScoreModel(model_dir).info.precision == "fp32"  # ONNX Runtime's CPU provider, whatever Triton uses
+
+
 def test_key_namespaces_keep_results_requests_and_locks_apart():
     keys = KeySpace("app")
     result, request = keys.result("ab" * 32), keys.request("my id")
-    assert result.startswith("app:v1:result:") and request.startswith("app:v1:request:")
-    assert keys.lock(result).startswith("app:v1:lock:result:") and keys.lock(request).startswith("app:v1:lock:request:")
+    assert result.startswith("app:v2:result:") and request.startswith("app:v2:request:")
+    assert keys.lock(result).startswith("app:v2:lock:result:") and keys.lock(request).startswith("app:v2:lock:request:")
     assert "my id" not in request  # request ids are hashed: any printable id makes a plain key
+    assert keys.is_request(request) and not keys.is_request(result) and not keys.is_request(keys.lock(request))
 
 
 # --- stored values -------------------------------------------------------------------------------
 
-def outcome(info: ModelInfo, fmt: str = "png") -> EditOutcome:
+def outcome(info: ModelInfo, fmt: str = "png", value: int = 1) -> EditOutcome:
+    """Two images; `value` tells apart the outcomes of two runs of one unseeded request."""
     if fmt == "png":
-        data = [png(np.full((4, 4), v, dtype=np.uint8)) for v in (1, 2)]
+        data = [png(np.full((4, 4), v, dtype=np.uint8)) for v in (value, value + 1)]
     else:
         buffer = io.BytesIO()
         np.save(buffer, np.zeros((1, 4, 4), np.float32), allow_pickle=False)
@@ -212,8 +295,13 @@ def test_values_that_are_not_ours_or_for_another_model_version_are_refused(regis
     for bad in (b"", pickle.dumps({"a": 1}), value[:-1], value + b"x", MAGIC + b"\x00\x00\x00\x05{bad}"):
         with pytest.raises(CorruptEntry):
             decode_entry(bad, info)
+    updated = dataclasses.replace(info, content_hash="0" * 64)
     with pytest.raises(CorruptEntry, match="model version"):
-        decode_entry(value, dataclasses.replace(info, content_hash="0" * 64))
+        decode_entry(value, updated)
+    # a request_id record is read whatever model it answered, for its fingerprint to be compared
+    assert decode_entry(value, updated, check_model=False).fingerprint == "f" * 64
+    with pytest.raises(CorruptEntry):
+        decode_entry(value[:-1], updated, check_model=False)
 
 
 # --- fail-open ---------------------------------------------------------------------------------
@@ -349,6 +437,44 @@ def test_responses_over_the_entry_limit_are_not_stored(registry, settings):
     run(exercise())
 
 
+def test_request_id_records_are_kept_even_above_the_entry_limit(registry, settings):
+    """The entry limit bounds what is worth caching; a request_id record is a promise to the client."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings, seed=None, request_id="big")  # unseeded: only the record makes it repeatable
+    runs = iter(range(1, 100))
+
+    async def compute() -> EditOutcome:
+        return outcome(info, value=next(runs))
+
+    async def exercise() -> None:
+        cache = memory_cache(max_entry_bytes=64)
+        first = await cache.run(key, info, compute)
+        again = await cache.run(key, info, compute)
+        assert again.cached and [i.data for i in again.images] == [i.data for i in first.images]
+        assert cache.stats.stored == 1 and cache.stats.request_id_unrecorded == 0
+
+    run(exercise())
+
+
+def test_a_request_id_record_that_cannot_be_kept_is_counted_and_logged(registry, settings, caplog):
+    info = registry.get("gauss").info
+
+    async def compute() -> EditOutcome:
+        return outcome(info)
+
+    async def exercise() -> None:
+        cache = memory_cache(max_entry_bytes=64, max_request_bytes=64)
+        for request_id in ("huge-1", "huge-2"):
+            key = job_key(registry, settings, seed=None, request_id=request_id)
+            assert not (await cache.run(key, info, compute)).cached
+        assert cache.stats.request_id_unrecorded == 2 and cache.stats.stored == 0
+
+    run(exercise())
+    warnings = [r for r in caplog.records if "request_id" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(warnings) == 1, "logged once per interval, not once per edit"
+    assert "not kept" in warnings[0].getMessage()
+
+
 # --- the Redis store ---------------------------------------------------------------------------
 
 def test_redis_locks_set_nx_with_a_ttl_and_release_only_with_their_token(redis_server):
@@ -361,12 +487,22 @@ def test_redis_locks_set_nx_with_a_ttl_and_release_only_with_their_token(redis_s
             assert await store.exists("l")
             assert await store.release_lock("l", "mine") and not await store.exists("l")
             assert await store.set("k", b"v", 30) and await store.get("k") == b"v"
+            assert await store.acquire_lock("renewed", "mine", 0.2)
+            assert not await store.extend_lock("renewed", "theirs", 30)  # token-checked PEXPIRE
+            assert await store.extend_lock("renewed", "mine", 30)
+            await asyncio.sleep(0.3)
+            assert await store.exists("renewed")  # past its first TTL
+            assert await store.add("record", b"first", 30) == (True, None)  # SET NX ...
+            assert await store.add("record", b"second", 30) == (False, b"first")  # ... that answers what is there
+            assert await store.get("record") == b"first"
         finally:
             await store.close()
 
     run(exercise())
     with redis_server.client() as client:
         assert 0 < client.pttl("k") <= 30_000
+        assert 20_000 < client.pttl("renewed") <= 30_000 and 0 < client.pttl("record") <= 30_000
+        assert not client.exists("theirs")
 
 
 def test_redis_store_errors_are_cache_unavailable(redis_server):
@@ -381,3 +517,100 @@ def test_redis_store_errors_are_cache_unavailable(redis_server):
             await store.close()
 
     run(exercise())
+
+
+# --- single-flight across replicas (two ResultCaches on one real Redis) ------------------------------
+
+def redis_cache(url: str, **overrides) -> ResultCache:
+    options = dict(ttl_seconds=60, max_entry_bytes=1 << 20, key_prefix="t", lock_seconds=5, timeout=1, retry_seconds=1)
+    options.update(overrides)
+    return ResultCache(RedisStore(url, timeout=1.0, max_connections=4), **options)
+
+
+def lock_keys(redis_server) -> list[bytes]:
+    with redis_server.client() as client:
+        return client.keys("t:*:lock:*")
+
+
+def test_the_lock_is_renewed_while_a_long_edit_runs_so_another_replica_waits_instead_of_computing(
+        registry, settings, redis_server):
+    """An edit lasting over 3 lock lifetimes: the duplicate on the other replica follows it to the end."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings)
+    calls = {"a": 0, "b": 0}
+    ttl_during_edit: list[int] = []
+
+    async def exercise() -> None:
+        a, b = redis_cache(redis_server.url, lock_seconds=0.5), redis_cache(redis_server.url, lock_seconds=0.5)
+
+        async def slow() -> EditOutcome:
+            calls["a"] += 1
+            await asyncio.sleep(1.6)
+            with redis_server.client() as client:  # 1.1 s past the lock's first expiry
+                ttl_during_edit.extend(client.pttl(k) for k in client.keys("t:*:lock:*"))
+            return outcome(info, value=1)
+
+        async def fast() -> EditOutcome:
+            calls["b"] += 1
+            return outcome(info, value=2)
+
+        try:
+            leader = asyncio.create_task(a.run(key, info, slow))
+            await asyncio.sleep(0.1)
+            follower = await b.run(key, info, fast)
+            led = await leader
+        finally:
+            await a.close()
+            await b.close()
+        assert calls == {"a": 1, "b": 0}, "the edit ran on both replicas"
+        assert follower.cached and [i.data for i in follower.images] == [i.data for i in led.images]
+        assert b.stats.coalesced == 1 and b.stats.misses == 0
+
+    run(exercise())
+    assert len(ttl_during_edit) == 1 and 0 < ttl_during_edit[0] <= 500, ttl_during_edit
+    assert lock_keys(redis_server) == [], "the lock outlived the edit"
+
+
+def test_a_request_id_record_is_never_overwritten_by_a_replica_that_stalled_past_its_lock(
+        registry, settings, redis_server):
+    """Replica A's event loop stalls (a blocking call) longer than the lock lives, so it cannot
+    renew it: replica B's retry of the same unseeded request_id computes and answers first.
+    When A wakes, it must answer B's response (the one kept), not overwrite it with its own."""
+    info = registry.get("gauss").info
+    key = job_key(registry, settings, seed=None, request_id="pay-42")
+    answers: dict[str, EditOutcome] = {}
+
+    def replica(name: str, value: int, stall: float) -> None:
+        async def compute() -> EditOutcome:
+            time.sleep(stall)  # blocks this replica's event loop: no renewal can run
+            return outcome(info, value=value)
+
+        async def serve() -> None:
+            cache = redis_cache(redis_server.url, lock_seconds=0.3)
+            try:
+                answers[name] = await cache.run(key, info, compute)
+            finally:
+                await cache.close()
+
+        asyncio.run(serve())
+
+    stalled = threading.Thread(target=replica, args=("a", 1, 1.2))
+    stalled.start()
+    wait_for(lambda: lock_keys(redis_server) != [], 5, interval=0.005, what="replica A's lock")
+    replica("b", 2, 0.0)  # follows A's lock until it expires (0.3 s), then computes
+    stalled.join(10)
+    assert [i.data for i in answers["b"].images] == [i.data for i in outcome(info, value=2).images]
+    assert [i.data for i in answers["a"].images] == [i.data for i in answers["b"].images], \
+        "two answers to one request_id"
+    assert answers["a"].cached
+
+    async def retry() -> EditOutcome:
+        cache = redis_cache(redis_server.url)
+        try:
+            async def never() -> EditOutcome:
+                raise AssertionError("the retry ran the edit")
+            return await cache.run(key, info, never)
+        finally:
+            await cache.close()
+
+    assert [i.data for i in run(retry()).images] == [i.data for i in answers["b"].images]

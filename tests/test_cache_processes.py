@@ -48,4 +48,4 @@ def test_identical_requests_on_two_processes_sharing_redis_run_the_loop_once(ser
     loops = [s.output().count(LOOP_LOG_LINE) for s in servers]
     assert sum(loops) == 1, f"the loop ran {loops} times in the two processes"
     with redis_server.client() as client:
-        assert len(client.keys("sdedit:v1:result:*")) == 1 and client.keys("sdedit:v1:lock:*") == []
+        assert len(client.keys("sdedit:v2:result:*")) == 1 and client.keys("sdedit:v2:lock:*") == []

@@ -3,6 +3,7 @@ a real redis-server of each test's own (never the machine's)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import pickle
 import subprocess
@@ -132,6 +133,23 @@ def test_a_new_model_version_never_serves_an_old_result(make_server, redis_serve
     assert not served.cached and served.model_hash != first.model_hash  # ...but never across versions
 
 
+def test_replicas_of_different_precision_never_share_results(make_server, redis_server, guide16):
+    """Replica B serves the same model (same weights, same content hash) in fp16, as a
+    TensorRT plan would: its ModelInfo says so (read from the config Triton reports; faked
+    here, since no TensorRT runs on this machine's CPU)."""
+    wrap_a, wrap_b = counting(), counting()
+    a = make_server(wrap_model=wrap_a, cache="redis", redis_url=redis_server.url)
+    b = make_server(wrap_model=wrap_b, cache="redis", redis_url=redis_server.url)
+    half = wrap_b.models["gauss"]
+    half.info = dataclasses.replace(half.info, precision="fp16")
+    assert half.info.content_hash == a.service.registry.get("gauss").info.content_hash
+    request = build_request(png(guide16), t0=0.5, steps=10, seed=1)
+    edit(a.address, request)
+    assert edit(a.address, request).cached
+    assert not edit(b.address, request).cached and half.calls == 10  # an fp32 result never answers fp16
+    assert edit(b.address, request).cached and half.calls == 10  # but fp16 replicas share theirs
+
+
 # --- request_id -----------------------------------------------------------------------------------
 
 def test_a_repeated_request_id_returns_the_first_response_even_unseeded(cached_server, guide16):
@@ -158,6 +176,57 @@ def test_a_request_id_reused_for_a_different_request_is_already_exists(cached_se
     info = error_details_pb2.ErrorInfo()
     assert details[0].Unpack(info) and info.reason == "REQUEST_ID_REUSED"
     assert models["gauss"].calls == 10 and srv.service.cache.stats.request_id_conflicts == 1
+
+
+def test_a_request_id_response_over_the_entry_limit_is_still_kept_for_its_retries(cached_server, guide16):
+    srv, models = cached_server(cache_max_entry_bytes=64)  # no response fits: results are not cached
+    request = build_request(png(guide16), t0=0.5, steps=10, num_samples=2, request_id="large-1")  # unseeded
+    first = edit(srv.address, request)
+    again = edit(srv.address, request)
+    assert again.cached and images(again) == images(first) and models["gauss"].calls == 10
+    stats = srv.service.cache.stats
+    assert stats.request_id_replays == 1 and stats.request_id_unrecorded == 0
+
+
+def assert_request_id_reused(raised) -> None:
+    assert raised.value.code() == grpc.StatusCode.ALREADY_EXISTS, raised.value
+    info = error_details_pb2.ErrorInfo()
+    assert rpc_status.from_call(raised.value).details[0].Unpack(info) and info.reason == "REQUEST_ID_REUSED"
+
+
+def test_a_request_id_reused_with_another_model_is_already_exists_and_keeps_the_first_response(cached_server,
+                                                                                              guide16):
+    """The stored record belongs to another model: a conflict, never a miss that recomputes and overwrites."""
+    srv, models = cached_server()
+    original = build_request(png(guide16), t0=0.5, steps=10, num_samples=2, request_id="job-1")  # unseeded
+    first = edit(srv.address, original)
+    with pytest.raises(grpc.RpcError) as raised:
+        edit(srv.address, build_request(png(guide16), t0=0.5, steps=10, num_samples=2, model="gauss-ve",
+                                        request_id="job-1"))
+    assert_request_id_reused(raised)
+    assert models["gauss-ve"].calls == 0, "the conflicting request ran the loop"
+    again = edit(srv.address, original)
+    assert again.cached and images(again) == images(first), "the retry of the original got a different image"
+    assert models["gauss"].calls == 10 and srv.service.cache.stats.request_id_conflicts == 1
+
+
+def test_a_request_id_sent_to_a_replica_with_an_updated_model_is_already_exists(make_server, redis_server, tmp_path,
+                                                                                guide16):
+    """Two replicas share Redis; the second serves a retrained "gauss" (same name, new content hash)."""
+    retrained = tmp_path / "repository"
+    write_model(retrained, "gauss", gaussian_model(VP, 0.3, 0.5).SerializeToString(),
+                model_parameters(VP, 16, 16, 1, default_steps=20, description="retrained"))
+    old_wrap, new_wrap = counting(), counting()
+    old = make_server(wrap_model=old_wrap, cache="redis", redis_url=redis_server.url)
+    new = make_server(wrap_model=new_wrap, cache="redis", redis_url=redis_server.url, model_repository=retrained)
+    request = build_request(png(guide16), t0=0.5, steps=10, request_id="job-2")  # unseeded
+    first = edit(old.address, request)
+    with pytest.raises(grpc.RpcError) as raised:
+        edit(new.address, request)
+    assert_request_id_reused(raised)
+    assert new_wrap.models["gauss"].calls == 0 and new.service.cache.stats.request_id_conflicts == 1
+    again = edit(old.address, request)
+    assert again.cached and images(again) == images(first) and old_wrap.models["gauss"].calls == 10
 
 
 def test_a_seeded_request_with_a_request_id_is_also_a_cache_hit_for_other_ids(cached_server, guide16):
@@ -191,7 +260,7 @@ def test_every_redis_key_has_a_ttl_and_no_value_is_a_pickle(make_server, redis_s
         keys = client.keys("*")
         kinds = {k.decode().split(":")[2] for k in keys}
         assert kinds == {"result", "request"}, kinds  # locks released; request ids apart from results
-        assert all(k.startswith(b"sdedit:v1:") for k in keys)
+        assert all(k.startswith(b"sdedit:v2:") for k in keys)
         info = srv.service.registry.get("gauss").info
         for key in keys:
             assert 0 < client.pttl(key) <= 600_000, f"{key!r} has no TTL"

@@ -33,6 +33,7 @@ class ModelInfo:
     input_names: tuple[str, str] = ("x", "t")
     output_name: str = "eps"
     parameters: dict[str, str] = field(default_factory=dict)
+    precision: str = "fp32"  # arithmetic the backend runs the network in (fp32, fp16, ...): part of the cache key
 
     @property
     def largest_size(self) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.backends.base import ModelInfo
-from service.backends.repository import load_model_info, model_files, read_config
+from service.backends.repository import EMBEDDED_PRECISION, load_model_info, model_files, read_config
 from service.errors import BackendError, ModelConfigError
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ class OnnxScoreModel:
     """ScoreModel on an onnxruntime.InferenceSession (thread-safe for concurrent run calls)."""
 
     def __init__(self, model_dir: Path, intra_op_threads: int = 0):
-        self.info: ModelInfo = load_model_info(model_dir)
+        self.info: ModelInfo = load_model_info(model_dir, precision=EMBEDDED_PRECISION)
         onnx_path = model_files(model_dir, read_config(model_dir))[0]
         options = ort.SessionOptions()
         if intra_op_threads:

@@ -17,6 +17,9 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
                               admission control budgets with them, service/costs.py)
     default_steps   recommended network calls per repeat for interactive use
     description     one line for ListModels
+    precision       optional: fp32 | fp16 | bf16 | int8, what Triton computes in (else
+                    inferred: fp16 for a TensorRT plan or ONNX Runtime's TensorRT
+                    accelerator in FP16, fp32 otherwise; the embedded backend is fp32)
 
 The content hash covers the ONNX bytes (and an external-data file, if any) and the SDE
 metadata, so a new weight file or schedule never serves an old cached result.
@@ -40,6 +43,8 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 DEFAULT_MEMORY_BYTES_PER_PIXEL = "2048"  # undeclared: about what a small conv UNet takes; declare the measured value
 REQUIRED_PARAMETERS = ("sde", "timesteps", "prediction_type", "width", "height", "channels")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+EMBEDDED_PRECISION = "fp32"  # ONNX Runtime's CPU provider, float32 in and out (its graph is in the content hash)
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -99,8 +104,29 @@ def content_hash(files: list[Path], spec: SDESpec, channels: int) -> str:
     return digest.hexdigest()
 
 
-def load_model_info(model_dir: Path) -> ModelInfo:
-    """Reads and checks one model's configuration; raises ModelConfigError if malformed."""
+def served_precision(config: model_config_pb2.ModelConfig, where: str = "") -> str:
+    """What Triton computes this model in: the `precision` parameter if given, else what its
+    platform implies (a TensorRT plan: fp16, as scripts/build_tensorrt_plan.py builds it by
+    default; ONNX Runtime's TensorRT accelerator: its precision_mode), else fp32."""
+    declared = config_parameters(config).get("precision")
+    if declared is not None:
+        if declared.lower() not in PRECISIONS:
+            raise ModelConfigError(f"{where}parameter 'precision' must be one of {', '.join(PRECISIONS)}, "
+                                   f"got {declared!r}")
+        return declared.lower()
+    if config.platform == "tensorrt_plan":
+        return "fp16"
+    for accelerator in config.optimization.execution_accelerators.gpu_execution_accelerator:
+        if accelerator.name == "tensorrt":
+            mode = accelerator.parameters.get("precision_mode", "FP32").lower()
+            return mode if mode in PRECISIONS else "fp32"
+    return "fp32"
+
+
+def load_model_info(model_dir: Path, precision: str | None = None) -> ModelInfo:
+    """Reads and checks one model's configuration; raises ModelConfigError if malformed.
+
+    precision: what the backend that loads it computes in (None: what the config says)."""
     config = read_config(model_dir)
     if config.name and config.name != model_dir.name:
         raise ModelConfigError(f"{model_dir}: config name {config.name!r} differs from its folder")
@@ -108,14 +134,16 @@ def load_model_info(model_dir: Path) -> ModelInfo:
     if not files[0].is_file():
         raise ModelConfigError(f"{model_dir}: missing {files[0]}")
     return model_info_from_config(config, model_dir.name, lambda spec, channels: content_hash(files, spec, channels),
-                                  where=f"{model_dir}: ")
+                                  where=f"{model_dir}: ", precision=precision)
 
 
 def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
-                           hasher: Callable[[SDESpec, int], str], where: str = "") -> ModelInfo:
+                           hasher: Callable[[SDESpec, int], str], where: str = "",
+                           precision: str | None = None) -> ModelInfo:
     """A model's facts from its Triton ModelConfig, wherever it was read (a file, or Triton).
 
     hasher(spec, channels) gives the content hash once the metadata has been checked.
+    precision: what the serving backend computes in; None: served_precision(config).
     """
     params = config_parameters(config)
     missing = [key for key in REQUIRED_PARAMETERS if key not in params]
@@ -162,6 +190,7 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         input_names=(inputs[0], inputs[1]),
         output_name=outputs[0],
         parameters=params,
+        precision=served_precision(config, where) if precision is None else precision,
     )
 
 

@@ -66,14 +66,20 @@ def _side_shape(production: model_config_pb2.ModelConfig, side: int) -> tuple[in
     return (side, side) if side else _native_size(production)
 
 
-def tensorrt_plan_config(production: model_config_pb2.ModelConfig, profile: PlanProfile) -> model_config_pb2.ModelConfig:
-    """The production config for a TensorRT plan built with `profile` (see trtexec_command)."""
+def tensorrt_plan_config(production: model_config_pb2.ModelConfig, profile: PlanProfile,
+                         fp16: bool = True) -> model_config_pb2.ModelConfig:
+    """The production config for a TensorRT plan built with `profile` (see trtexec_command).
+
+    fp16=False (a plan built without --fp16) records `precision: fp32` in the parameters: a
+    plan is taken as fp16 otherwise, and the precision is part of the result cache key."""
     config = model_config_pb2.ModelConfig()
     config.CopyFrom(production)
     config.platform = "tensorrt_plan"
     config.default_model_filename = PLAN_FILE
     config.max_batch_size = profile.max_batch
     config.ClearField("optimization")  # the ONNX Runtime TensorRT accelerator does not apply
+    if not fp16:
+        config.parameters["precision"].string_value = "fp32"
     smallest, largest = _side_shape(production, profile.min_side), _side_shape(production, profile.max_side)
     spatial = list(largest) if smallest == largest else [-1, -1]
     for tensor in (config.input[0], config.output[0]):

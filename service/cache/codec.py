@@ -50,8 +50,14 @@ def encode_entry(entry: Entry) -> bytes:
     return b"".join([MAGIC, _LENGTH.pack(len(raw)), raw, *(i.data for i in o.images)])
 
 
-def decode_entry(value: bytes, model: ModelInfo) -> Entry:
-    """The entry, checked against `model`; CorruptEntry when it does not parse or fit."""
+def decode_entry(value: bytes, model: ModelInfo, check_model: bool = True) -> Entry:
+    """The entry, checked against `model`; CorruptEntry when it does not parse or fit.
+
+    check_model=False reads an entry of another model version too: a request_id record
+    must be read whatever it answered, so that its fingerprint (which covers the model and
+    its hash) can be compared with the new request's. The outcome then names `model`, so
+    use it only when the fingerprints match.
+    """
     if not value.startswith(MAGIC) or len(value) < len(MAGIC) + _LENGTH.size:
         raise CorruptEntry("not a cache entry")
     start = len(MAGIC) + _LENGTH.size
@@ -67,7 +73,7 @@ def decode_entry(value: bytes, model: ModelInfo) -> Entry:
             offset = end
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptEntry(f"unreadable entry: {exc}") from exc
-    if schema != SCHEMA_VERSION or model_hash != model.content_hash:
+    if schema != SCHEMA_VERSION or (check_model and model_hash != model.content_hash):
         raise CorruptEntry("entry of another schema or model version")
     if offset != len(value):
         raise CorruptEntry(f"entry length {len(value)} does not match its header ({offset})")

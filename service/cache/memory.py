@@ -53,10 +53,24 @@ class MemoryStore:
         self.size += cost
         return True
 
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        existing = await self.get(key)
+        if existing is not None:
+            return False, existing
+        return await self.set(key, value, ttl_seconds), None
+
     async def acquire_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
         now = self._clock()
         held = self._locks.get(key)
         if held is not None and held[1] > now:
+            return False
+        self._locks[key] = (token, now + ttl_seconds)
+        return True
+
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        now = self._clock()
+        held = self._locks.get(key)
+        if held is None or held[0] != token or held[1] <= now:
             return False
         self._locks[key] = (token, now + ttl_seconds)
         return True

@@ -32,6 +32,25 @@ end
 return 0
 """
 
+# Resets the lock's TTL only while it holds our token: a leader renews its own lock, never
+# the lock a new leader took after ours expired.
+EXTEND_LOCK = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# SET NX that also answers the value already there (SET NX GET needs Redis 7; this runs on 6).
+ADD = """
+local existing = redis.call("get", KEYS[1])
+if existing then
+    return existing
+end
+redis.call("set", KEYS[1], ARGV[1], "PX", ARGV[2])
+return false
+"""
+
 
 class RedisStore:
     def __init__(self, url: str, timeout: float, max_connections: int, password: str = ""):
@@ -43,6 +62,8 @@ class RedisStore:
         )
         self._redis = aioredis.Redis(connection_pool=pool)
         self._release = self._redis.register_script(RELEASE_LOCK)
+        self._extend = self._redis.register_script(EXTEND_LOCK)
+        self._add = self._redis.register_script(ADD)
 
     async def _call(self, pending: Awaitable[T]) -> T:
         try:
@@ -59,8 +80,15 @@ class RedisStore:
         await self._call(self._redis.set(key, value, px=_millis(ttl_seconds)))
         return True
 
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        existing = await self._call(self._add(keys=[key], args=[value, _millis(ttl_seconds)]))
+        return existing is None, existing
+
     async def acquire_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
         return bool(await self._call(self._redis.set(key, token, nx=True, px=_millis(ttl_seconds))))
+
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        return bool(await self._call(self._extend(keys=[key], args=[token, _millis(ttl_seconds)])))
 
     async def release_lock(self, key: str, token: str) -> bool:
         return bool(await self._call(self._release(keys=[key], args=[token])))

@@ -4,17 +4,25 @@
   returned as stored, byte for byte, and runs nothing.
 - Single-flight: identical requests in flight at once run the loop once. In a process,
   duplicates await the first one's future. Across processes sharing Redis, the first takes
-  a lock (SET NX PX, token-checked release); the others poll for the result until it
-  appears, or the lock goes away without one, or `lock_seconds` pass: then they compute.
+  a lock (SET NX PX, token-checked release) and renews it every third of `lock_seconds`
+  while its edit waits and runs (a token-checked PEXPIRE); the others poll for the result
+  until it appears or their deadline passes, or the lock goes away without one (the
+  edit failed, or its process died and stopped renewing): then they compute.
 - request_id (AIP-155): the first response to an id is kept, in its own key namespace,
   with the fingerprint of the request it answered. A repeat of the same request gets that
-  response (seeded or not); the same id with a different request gets RequestIdConflict.
+  response (seeded or not); the same id with a different request (other parameters,
+  another model, or the same model after an update) gets RequestIdConflict, and the
+  record stays as it was. A record is never overwritten (SET NX): when one appeared while
+  this edit ran (another replica's retry that could not see our lock), that one is the
+  answer. Records are kept up to `max_request_bytes` (any response the server can send),
+  not only up to the entry limit; one that cannot be kept is counted and logged.
 - Every store call goes through FailOpen: when the store is down, edits run uncached.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -33,6 +41,8 @@ from service.requests import EditOutcome, StageTimings
 log = logging.getLogger(__name__)
 Compute = Callable[[], Awaitable[EditOutcome]]
 POLL_FIRST, POLL_MAX = 0.01, 0.05  # seconds between a waiting duplicate's looks at the store
+RENEWALS_PER_LOCK = 3  # a held lock is renewed this many times per lifetime
+UNRECORDED_LOG_INTERVAL = 30.0  # seconds between warnings about request_id records not kept
 
 
 class _LeaderGone(Exception):
@@ -41,15 +51,20 @@ class _LeaderGone(Exception):
 
 class ResultCache:
     def __init__(self, store: CacheStore, *, ttl_seconds: float, max_entry_bytes: int, key_prefix: str,
-                 lock_seconds: float, timeout: float, retry_seconds: float):
+                 lock_seconds: float, timeout: float, retry_seconds: float, max_request_bytes: int | None = None):
+        """max_request_bytes: largest request_id record kept (None: no limit but the store's).
+        max_entry_bytes bounds results only: a request_id record is a promise to a client."""
         self.store = store
         self.ttl_seconds = ttl_seconds
         self.max_entry_bytes = max_entry_bytes
+        self.max_request_bytes = max_request_bytes
         self.lock_seconds = lock_seconds
         self.keys = KeySpace(key_prefix)
         self.stats = CacheStats()
         self.guard = FailOpen(self.stats, timeout, retry_seconds)
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        self._unrecorded_logged_at: float | None = None
+        self._unrecorded_since_log = 0
 
     async def run(self, key: RequestKey, model: ModelInfo, compute: Compute, deadline: float | None = None) -> EditOutcome:
         """The response to the request `key`: from the cache, from an identical edit in
@@ -118,30 +133,51 @@ class ResultCache:
             return entry, True
         lock, token = self.keys.lock(key), secrets.token_hex(16)
         # fail-open: with the store down, go on as if the lock were ours
-        holding = await self.guard.call("lock", lambda: self.store.acquire_lock(lock, token, self.lock_seconds), True)
-        if not holding:
-            give_up = time.monotonic() + self.lock_seconds
-            entry = await self._follow(key, lock, model, give_up if deadline is None else min(give_up, deadline))
+        while not await self.guard.call("lock", lambda: self.store.acquire_lock(lock, token, self.lock_seconds), True):
+            entry = await self._follow(key, lock, model, deadline)
             if entry is not None:
                 self.stats.coalesced += 1
                 return entry, True
             if deadline is not None and time.monotonic() >= deadline:
                 raise DeadlineExceeded("deadline exceeded while an identical edit was running elsewhere")
-            # the other edit failed, was cancelled, stored nothing or outlived the lock: run it
-            # here, without waiting in line for the lock again
+            # the lock went without an entry: the other edit failed, was cancelled or its
+            # process died (its lock expired unrenewed). Take the lock and run it here, or
+            # follow whoever took it first.
+        renewal = asyncio.create_task(self._renew(lock, token))
         try:
             entry = await compute()
-            await self._save(key, entry)
+            kept = await self._save(key, entry, model)
+            if kept is not None:
+                return _as_cached(kept), True  # a record stored meanwhile elsewhere is the answer
             return entry, False
         finally:
-            if holding:
-                await self.guard.call("unlock", lambda: self.store.release_lock(lock, token), False)
+            renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewal
+            await self.guard.call("unlock", lambda: self.store.release_lock(lock, token), False)
 
-    async def _follow(self, key: str, lock: str, model: ModelInfo, until: float) -> Entry | None:
-        """Polls for the entry another process is computing while it holds `lock`."""
+    async def _renew(self, lock: str, token: str) -> None:
+        """Keeps `lock` alive while its edit waits and runs; cancelled when the edit ends.
+
+        If this process dies (or its event loop stalls), renewals stop and the lock expires
+        within lock_seconds: duplicates elsewhere then compute it themselves.
+        """
+        while True:
+            await asyncio.sleep(self.lock_seconds / RENEWALS_PER_LOCK)
+            renewed = await self.guard.call(
+                "renew lock", lambda: self.store.extend_lock(lock, token, self.lock_seconds), None)
+            if renewed is False:  # expired (a stall) and maybe taken by another replica: not ours
+                log.warning("single-flight lock %s expired before it was renewed; an identical edit may run "
+                            "elsewhere too (a request_id record is still never overwritten)", lock)
+                return
+
+    async def _follow(self, key: str, lock: str, model: ModelInfo, deadline: float | None) -> Entry | None:
+        """Polls for the entry another process is computing while it holds `lock` (renewed
+        for as long as that edit runs), until the entry appears, the lock goes or `deadline`."""
         delay = POLL_FIRST
-        while time.monotonic() < until:
-            await asyncio.sleep(min(delay, max(0.0, until - time.monotonic())))
+        while deadline is None or time.monotonic() < deadline:
+            wait = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(wait)
             delay = min(delay * 1.5, POLL_MAX)
             entry = await self._load(key, model)
             if entry is not None:
@@ -155,22 +191,62 @@ class ResultCache:
         if value is None:
             return None
         try:
-            return decode_entry(value, model)
+            # a request_id record is read whichever model it answered: run() compares its
+            # fingerprint and answers a conflict, never a miss that would overwrite it
+            return decode_entry(value, model, check_model=not self.keys.is_request(key))
         except CorruptEntry as exc:
             self.stats.errors += 1
             log.warning("ignoring the cache entry %s: %s", key, exc)
             return None
 
-    async def _save(self, key: str, entry: Entry) -> None:
+    async def _save(self, key: str, entry: Entry, model: ModelInfo) -> Entry | None:
+        """Stores `entry`; for a request_id record, only if none is there (never overwritten),
+        and returns the record already there instead, if one is."""
         value = encode_entry(entry)
-        if len(value) > self.max_entry_bytes:
+        request = self.keys.is_request(key)
+        limit = self.max_request_bytes if request else self.max_entry_bytes  # None: no limit of our own
+        if limit is not None and len(value) > limit:
             self.stats.too_large += 1
-            return
-        stored = await self.guard.call("set", lambda: self.store.set(key, value, self.ttl_seconds), None)
-        if stored:
+            if request:
+                self._unrecorded(f"{len(value)} bytes is over the request_id record limit of "
+                                 f"{self.max_request_bytes} bytes")
+            return None
+        if not request:  # a result: the same request always makes the same bytes, so a plain SET
+            stored = await self.guard.call("set", lambda: self.store.set(key, value, self.ttl_seconds), None)
+            if stored:
+                self.stats.stored += 1
+            elif stored is False:
+                self.stats.too_large += 1
+            return None
+        added, existing = await self.guard.call("add", lambda: self.store.add(key, value, self.ttl_seconds),
+                                                (None, None))
+        if existing is not None:
+            try:
+                return decode_entry(existing, model, check_model=False)
+            except CorruptEntry as exc:
+                self.stats.errors += 1
+                log.warning("ignoring the cache entry %s: %s", key, exc)
+                self._unrecorded("an unreadable record holds its key")
+                return None
+        if added:
             self.stats.stored += 1
-        elif stored is False:
+        elif added is False:
             self.stats.too_large += 1
+            self._unrecorded("the cache declined it (larger than the memory cache)")
+        else:
+            self._unrecorded("the cache is unavailable")
+        return None
+
+    def _unrecorded(self, reason: str) -> None:
+        """A request_id record not kept: a retry of that request will run the edit again."""
+        self.stats.request_id_unrecorded += 1
+        self._unrecorded_since_log += 1
+        now = time.monotonic()
+        if self._unrecorded_logged_at is None or now - self._unrecorded_logged_at >= UNRECORDED_LOG_INTERVAL:
+            log.warning("request_id record not kept (%s); a retry with that id runs the edit again: "
+                        "%d record(s) not kept since the last report", reason, self._unrecorded_since_log)
+            self._unrecorded_logged_at = now
+            self._unrecorded_since_log = 0
 
     async def available(self) -> bool:
         """Whether the store answers now (for the start-up log; never raises)."""

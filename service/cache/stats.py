@@ -17,11 +17,12 @@ class CacheStats:
     misses: int = 0  # cacheable edits that ran the loop here
     uncacheable: int = 0  # unseeded edits without a request_id: never looked up
     stored: int = 0  # results and request_id records written
-    too_large: int = 0  # responses over cache_max_entry_bytes, not stored
+    too_large: int = 0  # responses over their limit (or declined by the store), not stored
     errors: int = 0  # failed or timed-out cache operations (each one skipped: fail-open)
     skipped: int = 0  # cache operations not attempted because the circuit was open
     request_id_replays: int = 0  # repeated request_ids answered with the first response
     request_id_conflicts: int = 0  # request_ids reused for a different request (ALREADY_EXISTS)
+    request_id_unrecorded: int = 0  # request_id records not kept (too large, declined, cache down)
     available: bool = True  # False while the breaker is open (edits run uncached)
 
     def snapshot(self) -> dict[str, int | bool]:

@@ -24,8 +24,16 @@ class CacheStore(Protocol):
     async def set(self, key: str, value: bytes, ttl_seconds: float) -> bool:
         """Stores with a TTL; False when the backend declined (too large for it)."""
 
+    async def add(self, key: str, value: bytes, ttl_seconds: float) -> tuple[bool, bytes | None]:
+        """Stores only if `key` holds nothing (SET NX, atomically): (stored, the value already
+        there, if any). Never overwrites; stored is False when one was there or the backend
+        declined (too large for it)."""
+
     async def acquire_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
         """Set-if-absent with a TTL: True when this caller now holds the lock."""
+
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        """Resets the lock's TTL only if `token` still holds it; False when it is lost."""
 
     async def release_lock(self, key: str, token: str) -> bool:
         """Deletes the lock only if `token` still holds it (compare-and-delete)."""

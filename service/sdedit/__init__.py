@@ -9,7 +9,14 @@ from service.sdedit.engine import EditCancelled, EditParams, EditResult, StepEve
 from service.sdedit.samplers import SAMPLERS, Sampler, get_sampler
 from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
 
+# The version of this package's outputs: part of every result cache key. Bump it in the
+# change that makes any edit give other samples for the same inputs and seed (a sampler's
+# update, a schedule, the masking, how the noise is drawn), so no replica serves results
+# of the old code as if they were the new code's.
+ENGINE_VERSION = 1
+
 __all__ = [
+    "ENGINE_VERSION",
     "SAMPLERS",
     "EditCancelled",
     "EditParams",
