@@ -137,3 +137,8 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-requests", type=int, default=2000,
+                     help="requests the gRPC fuzz suite (tests/test_fuzz.py) sends (default 2000)")
