@@ -75,3 +75,10 @@ def test_model_card_reports_the_runs_own_hyper_parameters(tmp_path):
     export.main(["--checkpoint", str(run / "old.pt"), "--name", "old", "--repository", str(tmp_path / "repo")])
     card = (tmp_path / "repo" / "old" / "README.md").read_text()
     assert "hyper-parameters were not recorded" in card and "0.9995" not in card and "5e-4" not in card
+
+    (run / "old.pt").replace(run / "last.pt")  # resuming a checkpoint without a config records from there on
+    train.main(["--out", str(run), "--steps", "3", "--threads", "1", *flags])
+    assert torch.load(run / "last.pt", weights_only=False)["training"]["recorded_from_step"] == 2
+    export.main(["--checkpoint", str(run / "last.pt"), "--name", "resumed", "--repository", str(tmp_path / "repo")])
+    card = (tmp_path / "repo" / "resumed" / "README.md").read_text()
+    assert "seed 5 (these flags are recorded from step 2 on; the earlier steps' were not)" in card

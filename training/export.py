@@ -104,9 +104,11 @@ def training_line(step: int, dropout: float, training: dict | None) -> str:
     r = lambda key, fmt=str: _recorded(training, key, fmt)
     gamma = training.get("min_snr")
     weighting = "not recorded" if gamma is None else (f"min-SNR-{gamma:g} loss weighting" if gamma > 0 else "unweighted loss")
+    since = training.get("recorded_from_step", 0)
+    caveat = f" (these flags are recorded from step {since:,} on; the earlier steps' were not)" if since else ""
     return (f"{step:,} steps of batch {r('batch')} with {r('optimizer')}, lr {r('lr', '{:g}'.format)} after a "
             f"{r('warmup')}-step warm-up, {weighting}, gradient clipping at {r('grad_clip', '{:g}'.format)}, "
-            f"dropout {dropout:g}, seed {r('seed')}; exported weights are the EMA (decay {r('ema', '{:g}'.format)})")
+            f"dropout {dropout:g}, seed {r('seed')}{caveat}; exported weights are the EMA (decay {r('ema', '{:g}'.format)})")
 
 
 def schedule_line(training: dict | None) -> str:

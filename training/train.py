@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def training_config(args: argparse.Namespace, unet: UNetConfig) -> dict:
     """Everything the export's model card reports about how the weights were trained."""
     return {**{name: getattr(args, name) for name in HYPERPARAMETERS}, "optimizer": "Adam", "grad_clip": GRAD_CLIP,
-            "timesteps": T, "beta_start": BETA_START, "beta_end": BETA_END, "unet": unet.to_dict()}
+            "timesteps": T, "beta_start": BETA_START, "beta_end": BETA_END, "unet": unet.to_dict(),
+            "recorded_from_step": 0}  # > 0: resumed from a checkpoint that had no config; earlier steps unrecorded
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         stored = state.get("training")
+        training["recorded_from_step"] = state["step"] if stored is None else stored.get("recorded_from_step", 0)
         if stored is not None and stored != training:
             changed = sorted(k for k in training if stored.get(k) != training[k])
             raise SystemExit(f"{ckpt_path} was trained with other hyper-parameters ({', '.join(changed)}): "
