@@ -22,7 +22,8 @@ from service.imaging import decode_npy
 from service.server import server_options
 from tests.conftest import png
 from tests.models_for_tests import counting
-from tests.servers import health_status, wait_for
+from tests.servers import InProcessServer, health_status, wait_for
+from tests.servers import test_settings as server_settings
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -82,13 +83,31 @@ def test_mask_conditions_the_regenerated_region(server):
 
 
 # --- seeds and determinism -------------------------------------------------------------------
+# These tests run on a server without a result cache: through the cache, a repeated seeded
+# request is answered with the first response's bytes, so "the same seed gives the same
+# output" would hold even for a nondeterministic engine. Each response must say cached=False.
 
-def test_same_seed_same_bytes_and_each_sample_seed_reproduces_it_alone(server, guide16):
-    with Client(server.address) as client:
+
+@pytest.fixture(scope="module")
+def uncached_server(oracle_repository):
+    """A server of this module's own with no result cache: every edit is computed."""
+    running = InProcessServer(server_settings(oracle_repository, default_model="gauss", max_concurrent_edits=2, cache="none"))
+    yield running
+    running.stop()
+
+
+def computed(*responses: pb.EditResponse) -> bool:
+    """True when no response came from the result cache (or a shared identical edit)."""
+    return not any(r.cached for r in responses)
+
+
+def test_same_seed_same_bytes_and_each_sample_seed_reproduces_it_alone(uncached_server, guide16):
+    with Client(uncached_server.address) as client:
         first = client.edit(build_request(png(guide16), t0=0.6, steps=20, seed=123, num_samples=4))
         again = client.edit(build_request(png(guide16), t0=0.6, steps=20, seed=123, num_samples=4))
         other = client.edit(build_request(png(guide16), t0=0.6, steps=20, seed=999, num_samples=4))
         alone = client.edit(build_request(png(guide16), t0=0.6, steps=20, seed=first.images[2].seed, num_samples=1))
+    assert computed(first, again, other, alone)  # "again" was computed again, not read back
     assert [i.seed for i in first.images] == [123, 124, 125, 126]
     assert [i.data for i in first.images] == [i.data for i in again.images]
     assert all(a.data != b.data for a, b in zip(first.images, other.images))
@@ -96,10 +115,11 @@ def test_same_seed_same_bytes_and_each_sample_seed_reproduces_it_alone(server, g
     assert alone.images[0].data == first.images[2].data
 
 
-def test_float_outputs_are_bit_identical_for_the_same_seed(server, guide16):
-    with Client(server.address) as client:
+def test_float_outputs_are_bit_identical_for_the_same_seed(uncached_server, guide16):
+    with Client(uncached_server.address) as client:
         a = client.edit(build_request(png(guide16), t0=0.8, steps=15, seed=2**64 - 1, num_samples=2, npy=True))
         b = client.edit(build_request(png(guide16), t0=0.8, steps=15, seed=2**64 - 1, num_samples=2, npy=True))
+    assert computed(a, b)
     assert [i.seed for i in a.images] == [2**64 - 1, 0]  # seed + i wraps mod 2^64
     for x, y in zip(a.images, b.images):
         assert decode_npy(x.data).tobytes() == decode_npy(y.data).tobytes()
@@ -115,10 +135,13 @@ def test_unseeded_requests_get_random_seeds(server, guide16):
 
 # --- response contents ----------------------------------------------------------------------
 
-def test_response_reports_network_calls_parameters_and_timings(server, guide16):
-    with Client(server.address) as client:
+def test_response_reports_network_calls_parameters_and_timings(uncached_server, guide16):
+    """On the shared, cached server this depended on test order: once any earlier test had sent
+    the same seeded request, the answer came from the cache (cached=True, every timing 0)."""
+    with Client(uncached_server.address) as client:
         response = client.edit(build_request(png(guide16), t0=0.5, steps=0, repeats=2, seed=1))
         models = {m.name: m for m in client.list_models()}
+    assert not response.cached
     assert response.network_calls == 2 * 500  # steps = 0: every level from round(0.5 * 1000)
     assert (response.steps, response.repeats, response.sampler) == (500, 2, pb.SAMPLER_DDPM)
     assert response.model == "gauss" and response.model_hash == models["gauss"].content_hash
@@ -152,11 +175,13 @@ def test_flexible_size_model_accepts_other_sizes(server):
     assert decode_png(response.images[0].data).shape == (24, 40)
 
 
-def test_stream_edit_sends_progress_previews_then_the_same_result_as_edit(server, guide16):
-    request = build_request(png(guide16), t0=0.5, steps=12, repeats=2, seed=8, num_samples=2, preview_every=5)
-    with Client(server.address) as client:
+def test_stream_edit_sends_progress_previews_then_the_same_result_as_edit(uncached_server, guide16):
+    request = build_request(png(guide16), t0=0.5, steps=12, repeats=2, seed=8, num_samples=2, preview_every=5,
+                            npy=True)  # float output: equal results, not only equal after rounding to uint8
+    with Client(uncached_server.address) as client:
         events = list(client.stream_edit(request))
         unary = client.edit(request)
+    assert computed(events[-1].result, unary)  # both computed: the unary edit is not the stream's cached result
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[-1] == "result" and kinds.count("result") == 1
     steps = [e.progress if e.WhichOneof("event") == "progress" else e.preview.progress for e in events[:-1]]

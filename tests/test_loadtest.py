@@ -366,4 +366,7 @@ def test_concurrency_benchmark_runs(tmp_path, capsys):
         validate_report(row["report"])
         assert row["report"]["requests"]["errors"] == 0
         assert row["server_metrics"]["edits"] == row["report"]["requests"]["ok"]  # no warm-up here
+        assert len(row["load_average_1min"]) == 2 and row["cpus"] >= 1
     assert "srv edits" in capsys.readouterr().out
+    table = benchmark.markdown_table(results)
+    assert f"Model `{results['rows'][0]['report']['config']['model']}`" in table and table.count("\n| ") == 3

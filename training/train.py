@@ -31,6 +31,11 @@ from training.unet import UNet, UNetConfig, count_parameters
 
 T = 1000
 BETA_START, BETA_END = 1e-4, 0.02
+GRAD_CLIP = 1.0  # max global gradient norm
+# the arguments that shape the weights; stored in every checkpoint (and config.json) so the
+# export writes the model card from the run's own values. --steps (the target), --out,
+# --threads and the checkpoint cadence do not change what a step computes.
+HYPERPARAMETERS = ("batch", "lr", "warmup", "ema", "min_snr", "seed", "base_channels")
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -44,7 +49,7 @@ def min_snr_weights(abar: torch.Tensor, gamma: float) -> torch.Tensor:
     return torch.clamp(snr, max=gamma) / snr
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/digits"), help="checkpoint and log folder")
     p.add_argument("--steps", type=int, default=12000, help="total optimiser steps")
@@ -58,7 +63,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--keep-every", type=int, default=2000, help="also keep a copy every N steps")
     p.add_argument("--base-channels", type=int, default=32)
-    return p.parse_args()
+    return p.parse_args(argv)
+
+
+def training_config(args: argparse.Namespace, unet: UNetConfig) -> dict:
+    """Everything the export's model card reports about how the weights were trained."""
+    return {**{name: getattr(args, name) for name in HYPERPARAMETERS}, "optimizer": "Adam", "grad_clip": GRAD_CLIP,
+            "timesteps": T, "beta_start": BETA_START, "beta_end": BETA_END, "unet": unet.to_dict(),
+            "recorded_from_step": 0}  # > 0: resumed from a checkpoint that had no config; earlier steps unrecorded
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -67,8 +79,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a crash mid-write never corrupts the last checkpoint
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt_path = args.out / "last.pt"
@@ -79,8 +91,15 @@ def main() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed)
     step = 0
+    training = training_config(args, config)
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
+        stored = state.get("training")
+        training["recorded_from_step"] = state["step"] if stored is None else stored.get("recorded_from_step", 0)
+        if stored is not None and stored != training:
+            changed = sorted(k for k in training if stored.get(k) != training[k])
+            raise SystemExit(f"{ckpt_path} was trained with other hyper-parameters ({', '.join(changed)}): "
+                             "resume with the same flags or train into a new --out")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -88,7 +107,8 @@ def main() -> None:
         step = state["step"]
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
     else:
-        (args.out / "config.json").write_text(json.dumps({"unet": config.to_dict(), "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
+        (args.out / "config.json").write_text(json.dumps({"unet": config.to_dict(), "training": training,
+                                                          "args": {k: str(v) for k, v in vars(args).items()}}, indent=2))
     print(f"UNet {count_parameters(model):,} parameters; training to step {args.steps}", flush=True)
 
     split = load_split()
@@ -113,7 +133,7 @@ def main() -> None:
 
     def state() -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                "generator": gen.get_state(), "step": step, "unet": config.to_dict()}
+                "generator": gen.get_state(), "step": step, "unet": config.to_dict(), "training": training}
 
     last_save = time.monotonic()
     window_loss, window_mse, window_start = [], [], time.monotonic()
@@ -132,7 +152,7 @@ def main() -> None:
         loss = (weights[t] * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))

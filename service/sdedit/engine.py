@@ -9,8 +9,10 @@
     masked: paste x0 back into the kept region, so it returns bit-exact.
 
 Masks: M = 1 regenerates, M = 0 keeps (the paper's Omega). The kept region is re-noised to
-the level of the step's *output* (alpha_r, sigma_r) with fresh noise every step, as the
-paper describes; the reference code re-noises one level too noisy with one draw per repeat.
+the level of the step's *output* (alpha_r, sigma_r) with fresh noise every step. That is our
+deliberate choice, not the paper's: the reference code re-noises at the step's *input* level
+(alpha_s, one level too noisy for the output it is mixed with) with one draw per repeat, and
+the paper's Algorithm 3, as far as we can read it, also uses the input level, with fresh noise.
 
 Every sample has its own generator and draws, in a fixed order, the start noise of each
 repeat, then per step the sampler noise (if any) and the mask noise (if a mask), so a
