@@ -73,12 +73,12 @@ def guide(side: int) -> np.ndarray:
 def test_sigterm_drains_in_flight_edits_then_exits_zero(serve):
     grace = 30.0
     server = serve("--grace-seconds", str(grace), "--max-concurrent-edits", "2")
-    request = build_request(png(guide(128)), t0=1.0, steps=0, repeats=3, seed=1)  # 3,000 network calls
+    request = build_request(png(guide(128)), t0=1.0, full_schedule=True, repeats=3, seed=1)  # 3,000 network calls
     results: list = []
     running = [threading.Event(), threading.Event()]
 
     def run(started: threading.Event) -> None:
-        own = build_request(png(guide(128)), t0=1.0, steps=0, repeats=3, seed=2 + running.index(started))  # not one shared edit
+        own = build_request(png(guide(128)), t0=1.0, full_schedule=True, repeats=3, seed=2 + running.index(started))  # not one shared edit
         with Client(server.address) as client:
             for event in client.stream_edit(own, timeout=120):
                 started.set()
@@ -112,7 +112,7 @@ def test_sigterm_past_the_grace_period_cancels_what_is_left_and_still_exits_zero
     started = threading.Event()
 
     def run() -> None:
-        long_edit = build_request(png(guide(256)), t0=1.0, steps=0, repeats=10, seed=1)  # 10,000 calls: ~10 s
+        long_edit = build_request(png(guide(256)), t0=1.0, full_schedule=True, repeats=10, seed=1)  # 10,000 calls: ~10 s
         with Client(server.address) as client:
             try:
                 for _ in client.stream_edit(long_edit, timeout=120):

@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/digits/last.pt"))
     parser.add_argument("--name", default="digits")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--default-steps", type=int, default=100)
+    parser.add_argument("--default-steps", type=int, default=20)
     args = parser.parse_args()
 
     model, state = load_ema(args.checkpoint)

@@ -20,7 +20,7 @@ class ModelInfo:
     width: int
     height: int
     channels: int
-    default_steps: int
+    default_steps: int  # network calls per repeat of an edit with steps = 0
     flexible_size: bool = False  # accepts other sizes, multiples of size_multiple
     size_multiple: int = 1
     max_batch_size: int = 0
@@ -28,6 +28,8 @@ class ModelInfo:
     input_names: tuple[str, str] = ("x", "t")
     output_name: str = "eps"
     parameters: dict[str, str] = field(default_factory=dict)
+    default_sampler: str = "dpmpp_2m_sde"  # of an edit that names none (samplers.SAMPLERS)
+    default_spacing: str = "logsnr_uniform"  # of an edit that names none (schedules.SPACINGS)
 
     def accepts_size(self, width: int, height: int) -> bool:
         if (width, height) == (self.width, self.height):

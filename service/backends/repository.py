@@ -9,7 +9,9 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
     prediction_type epsilon
     width, height, channels   the native resolution
     flexible_size   "true" if other sizes (multiples of size_multiple) are accepted
-    default_steps   recommended network calls per repeat for interactive use
+    default_steps   network calls per repeat of an edit with steps = 0 (DEFAULT_STEPS if absent)
+    default_sampler, default_spacing   that edit's sampler and level spacing (DEFAULT_SAMPLER,
+                    DEFAULT_SPACING if absent); chosen from benchmarks/samplers.py (docs/quality.md)
     description     one line for ListModels
 
 The content hash covers the ONNX bytes (and an external-data file, if any) and the SDE
@@ -28,11 +30,15 @@ from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import ModelInfo
 from service.errors import ModelConfigError
-from service.sdedit.schedules import SDESpec
+from service.sdedit.samplers import SAMPLERS
+from service.sdedit.schedules import SPACINGS, SDESpec
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
 REQUIRED_PARAMETERS = ("sde", "timesteps", "prediction_type", "width", "height", "channels")
+# What an edit with steps = 0 runs when a model's config does not say: measured on the exact
+# Gaussian oracle and the digits model (docs/quality.md, "Few-step samplers").
+DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS = "dpmpp_2m_sde", "logsnr_uniform", 20
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -117,10 +123,16 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
     spec = sde_spec_from_parameters(params, where)
     try:
         width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
-        default_steps = int(params.get("default_steps", spec.timesteps))
+        default_steps = int(params.get("default_steps", DEFAULT_STEPS))
         size_multiple = int(params.get("size_multiple", "1"))
     except ValueError as exc:
         raise ModelConfigError(f"{where}{exc}") from exc
+    default_sampler = params.get("default_sampler", DEFAULT_SAMPLER)
+    default_spacing = params.get("default_spacing", DEFAULT_SPACING)
+    if default_sampler not in SAMPLERS:
+        raise ModelConfigError(f"{where}default_sampler {default_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if default_spacing not in SPACINGS:
+        raise ModelConfigError(f"{where}default_spacing {default_spacing!r} is not one of {', '.join(SPACINGS)}")
     inputs = [tensor.name for tensor in config.input]
     outputs = [tensor.name for tensor in config.output]
     if len(inputs) != 2 or len(outputs) != 1:
@@ -140,6 +152,8 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         input_names=(inputs[0], inputs[1]),
         output_name=outputs[0],
         parameters=params,
+        default_sampler=default_sampler,
+        default_spacing=default_spacing,
     )
 
 
@@ -197,6 +211,8 @@ def model_parameters(
     description: str,
     flexible_size: bool = False,
     size_multiple: int = 1,
+    default_sampler: str = DEFAULT_SAMPLER,
+    default_spacing: str = DEFAULT_SPACING,
 ) -> dict[str, str]:
     """The `parameters` block that carries a model's SDE metadata."""
     params = {
@@ -207,6 +223,8 @@ def model_parameters(
         "height": str(height),
         "channels": str(channels),
         "default_steps": str(default_steps),
+        "default_sampler": default_sampler,
+        "default_spacing": default_spacing,
         "flexible_size": "true" if flexible_size else "false",
         "size_multiple": str(size_multiple),
         "description": description,

@@ -44,6 +44,7 @@ def request_key(job: EditJob, info: ModelInfo) -> RequestKey:
         "steps": p.steps,
         "repeats": p.repeats,
         "sampler": p.sampler,
+        "spacing": p.spacing,
         "eta": float(p.eta).hex(),
         "num_samples": len(job.seeds),
         "output_format": job.output_format,
