@@ -247,6 +247,11 @@ def digits_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+COLOURS = {"ddpm": "tab:red", "ddim": "tab:orange", "euler_maruyama": "tab:gray", "dpmpp_2m": "tab:blue",
+           "dpmpp_2m_sde": "tab:green"}
+LINESTYLES = {"time_uniform": ":", "logsnr_uniform": "-", "karras": "--"}
+
+
 def plot(rows: list[dict], path: Path, std: float = 0.3) -> None:
     import matplotlib
 
@@ -261,8 +266,9 @@ def plot(rows: list[dict], path: Path, std: float = 0.3) -> None:
             pts = sorted((r["network_calls"], abs(r["var_ratio"] - 1.0)) for r in rows
                          if (r["sde"], r["std"], r["t0"], r["sampler"], r["spacing"]) == ("vp_discrete", std, t0, sampler, spacing)
                          and r["schedule"] != "full" and "refused" not in r)
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=f"{sampler}, {spacing}", linewidth=1, markersize=3)
+            if pts:  # colour: the sampler; line style: the spacing
+                ax.plot(*zip(*pts), marker="o", linestyle=LINESTYLES[spacing], color=COLOURS[sampler],
+                        label=f"{sampler}, {spacing}", linewidth=1, markersize=3)
         full = [r for r in rows if (r["sde"], r["std"], r["t0"], r["schedule"]) == ("vp_discrete", std, t0, "full")]
         if full:
             ax.plot([full[0]["network_calls"]], [abs(full[0]["var_ratio"] - 1.0)], "k*", markersize=9, label="full DDPM schedule")
