@@ -15,7 +15,8 @@ from service.config import SettingsError, add_arguments, load_settings
 from service.errors import BackendError, ModelConfigError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama")
+SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
+SPACING_CHOICES = ("time_uniform", "logsnr_uniform", "karras")
 
 
 def _client_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -39,9 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
                       "with several samples, -0, -1, ... are added before the suffix")
     edit.add_argument("--mask", type=Path, help="PNG mask: white = regenerate, black = keep")
     edit.add_argument("--t0", type=float, default=0.5, help="editing strength in (0, 1] (default 0.5)")
-    edit.add_argument("--steps", type=int, default=0, help="network calls per repeat (default 0 = full schedule)")
+    edit.add_argument("--steps", type=int, default=0, help="network calls per repeat (default 0 = the model's default, "
+                      "see `sdedit models`)")
+    edit.add_argument("--full-schedule", action="store_true", help="call the network at every level from t0 down "
+                      "(the reference SDEdit schedule; round(t0 x timesteps) calls; with the reference sampler unless --sampler)")
     edit.add_argument("--repeats", type=int, default=1, help="noise-then-denoise repeats K (default 1)")
-    edit.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: the model's reference sampler")
+    edit.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: the model's default sampler")
+    edit.add_argument("--spacing", choices=SPACING_CHOICES, help="level spacing (default: the model's default)")
     edit.add_argument("--eta", type=float, default=0.0, help="DDIM noise (default 0: deterministic)")
     edit.add_argument("--seed", type=int, help="seed of the first sample (default random)")
     edit.add_argument("--num-samples", type=int, default=1)
@@ -93,7 +98,7 @@ def _print_rpc_error(exc: grpc.RpcError) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from service.client import Client
+    from service.client import SAMPLER_NAMES, SPACING_NAMES, Client
 
     try:
         with Client(args.address) as client:
@@ -104,7 +109,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         flags = " (default)" if m.is_default else ""
         flexible = f", sizes in multiples of {m.size_multiple} up to {m.max_width}x{m.max_height}" if m.flexible_size else ""
         print(f"{m.name}\t{m.width}x{m.height}\t{m.channels} channel(s)\t{m.sde_type}, {m.timesteps} timesteps, "
-              f"default steps {m.default_steps}{flexible}\thash {m.content_hash[:12]}{flags}")
+              f"default {SAMPLER_NAMES.get(m.default_sampler, '?')} {SPACING_NAMES.get(m.default_spacing, '?')} "
+              f"{m.default_steps} steps (reference sampler {SAMPLER_NAMES.get(m.reference_sampler, '?')}){flexible}"
+              f"\thash {m.content_hash[:12]}{flags}")
     return 0
 
 
@@ -141,13 +148,14 @@ def _numbered(path: Path, index: int, count: int) -> Path:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from service.client import Client, build_request
+    from service.client import SAMPLER_NAMES, SPACING_NAMES, Client, build_request
 
     try:
         request = build_request(
             args.image.read_bytes(), mask=args.mask.read_bytes() if args.mask else b"", t0=args.t0, steps=args.steps,
             repeats=args.repeats, sampler=args.sampler, eta=args.eta, seed=args.seed, num_samples=args.num_samples,
             model=args.model, npy=args.npy, preview_every=args.preview_every, request_id=args.request_id,
+            spacing=args.spacing, full_schedule=args.full_schedule,
         )
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -184,7 +192,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
         path.write_bytes(image.data)
         print(f"wrote {path} (seed {image.seed})")
     cached = ", from cache" if result.cached else ""
-    print(f"model {result.model}, {result.network_calls} network calls per sample, "
+    print(f"model {result.model}, sampler {SAMPLER_NAMES.get(result.sampler, '?')}, spacing "
+          f"{SPACING_NAMES.get(result.spacing, '?')}, {result.steps} steps x {result.repeats} repeat(s) = "
+          f"{result.network_calls} network calls per sample, "
           f"{result.timings.total_seconds:.2f}s on the server, {time.perf_counter() - started:.2f}s in all{cached}")
     return 0
 

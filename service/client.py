@@ -10,17 +10,24 @@ from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 
 SAMPLERS = {None: pb.SAMPLER_UNSPECIFIED, "ddpm": pb.SAMPLER_DDPM, "ddim": pb.SAMPLER_DDIM,
-            "euler_maruyama": pb.SAMPLER_EULER_MARUYAMA}
+            "euler_maruyama": pb.SAMPLER_EULER_MARUYAMA, "dpmpp_2m": pb.SAMPLER_DPMPP_2M,
+            "dpmpp_2m_sde": pb.SAMPLER_DPMPP_2M_SDE}
+SPACINGS = {None: pb.SPACING_UNSPECIFIED, "time_uniform": pb.SPACING_TIME_UNIFORM,
+            "logsnr_uniform": pb.SPACING_LOGSNR_UNIFORM, "karras": pb.SPACING_KARRAS}
+SAMPLER_NAMES = {value: name for name, value in SAMPLERS.items() if name}
+SPACING_NAMES = {value: name for name, value in SPACINGS.items() if name}
 MAX_MESSAGE = 64 * 1024 * 1024
 
 
 def build_request(image: bytes, *, mask: bytes = b"", t0: float = 0.5, steps: int = 0, repeats: int = 1,
                   sampler: str | None = None, eta: float = 0.0, seed: int | None = None, num_samples: int = 1,
-                  model: str = "", npy: bool = False, preview_every: int = 0, request_id: str = "") -> pb.EditRequest:
+                  model: str = "", npy: bool = False, preview_every: int = 0, request_id: str = "",
+                  spacing: str | None = None, full_schedule: bool = False) -> pb.EditRequest:
+    """steps = 0: the model's default edit; full_schedule: every level from t0 down."""
     request = pb.EditRequest(
         model=model, image=image, mask=mask, t0=t0, steps=steps, repeats=repeats, sampler=SAMPLERS[sampler], eta=eta,
         num_samples=num_samples, output_format=pb.OUTPUT_FORMAT_NPY if npy else pb.OUTPUT_FORMAT_PNG,
-        preview_every=preview_every, request_id=request_id,
+        preview_every=preview_every, request_id=request_id, spacing=SPACINGS[spacing], full_schedule=full_schedule,
     )
     if seed is not None:
         request.seed = seed

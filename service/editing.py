@@ -242,7 +242,7 @@ class EditService:
                                encode_seconds=time.perf_counter() - encode_started)
         return EditOutcome(images=images, network_calls=result.network_calls, model=model.info,
                            steps=job.params.steps, repeats=job.params.repeats,
-                           sampler=job.params.sampler, timings=timings, request_id=job.request.request_id)
+                           sampler=job.params.sampler, spacing=job.params.spacing, timings=timings, request_id=job.request.request_id)
 
     @staticmethod
     def _encode(sample: np.ndarray, job: EditJob, seed: int) -> OutputImage:

@@ -182,14 +182,14 @@ def write_shipped_models(repository: Path) -> list[Path]:
     written = []
     for name, spec in (("gaussian-vp", vp), ("gaussian-ve", ve)):
         params = model_parameters(
-            spec, 32, 32, 1, default_steps=50, flexible_size=True, size_multiple=1, max_size=(1024, 1024),
+            spec, 32, 32, 1, default_steps=20, flexible_size=True, size_multiple=1, max_size=(1024, 1024),
             memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL["gaussian"],
             description=f"exact score of N({GAUSSIAN_MEAN}, {GAUSSIAN_STD}^2 I) ({spec.sde_type}); near-zero cost, any size",
         )
         written.append(write_model(repository, name, gaussian_model(spec, GAUSSIAN_MEAN, GAUSSIAN_STD).SerializeToString(), params))
     means = digits_mixture_means()
     params = model_parameters(
-        vp, 32, 32, 1, default_steps=100, memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL["mixture"],
+        vp, 32, 32, 1, default_steps=20, memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL["mixture"],
         description=f"exact score of {len(means)} real MNIST digits (a data-set mixture; no training)",
     )
     mixture = mixture_model(vp, means, np.zeros(len(means)), np.full(len(means), 1.0 / len(means)), means_uint8=True)

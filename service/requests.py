@@ -19,15 +19,17 @@ class EditRequestData:
     t0: float
     model: str = ""
     mask: bytes = b""
-    steps: int = 0
+    steps: int = 0  # 0 = the model's default_steps
     repeats: int = 0  # 0 = 1
-    sampler: str = ""  # "" = the model's reference sampler
+    sampler: str = ""  # "" = the model's default sampler (reference sampler with full_schedule)
     eta: float = 0.0
     seed: int | None = None
     num_samples: int = 0  # 0 = 1
     output_format: str = "png"  # "png" | "npy"
     preview_every: int = 0
     request_id: str = ""
+    spacing: str = ""  # "" = the model's default spacing
+    full_schedule: bool = False  # every level from t0 down (steps must be 0)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class EditOutcome:
     steps: int
     repeats: int
     sampler: str
+    spacing: str = "time_uniform"
     timings: StageTimings = field(default_factory=StageTimings)
     cached: bool = False
     request_id: str = ""

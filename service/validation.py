@@ -6,7 +6,7 @@ import dataclasses
 import math
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from service.config import Settings
 from service.costs import RequestCost, most_samples_within, request_cost, response_bytes
@@ -15,8 +15,14 @@ from service.imaging import decode_image, decode_mask, image_size, to_model_rang
 from service.models import LoadedModel
 from service.requests import EditJob, EditRequestData
 from service.sdedit import EditParams
-from service.sdedit.engine import max_steps
-from service.sdedit.samplers import SAMPLERS, reference_sampler
+from service.sdedit.engine import max_steps, plan_levels
+from service.sdedit.samplers import (
+    EULER_MARUYAMA_MAX_VARIANCE_ERROR,
+    SAMPLERS,
+    euler_maruyama_variance_error,
+    reference_sampler,
+)
+from service.sdedit.schedules import SPACINGS
 
 MAX_REQUEST_ID = 128
 SEED_MODULUS = 1 << 64
@@ -31,12 +37,23 @@ def sample_seeds(base: int | None, count: int) -> tuple[int, ...]:
 
 
 def validate_scalars(req: EditRequestData, model: LoadedModel, settings: Settings) -> EditParams:
-    """Checks every non-image field; returns the loop's parameters with defaults filled in."""
+    """Checks every non-image field; returns the loop's parameters with defaults filled in.
+
+    steps = 0 is the model's default edit (default_steps, default_sampler, default_spacing);
+    full_schedule is every level from t0 down with the reference sampler unless one is named.
+    """
     if not (isinstance(req.t0, float | int) and math.isfinite(req.t0) and 0.0 < req.t0 <= 1.0):
         raise InvalidArgument("t0", f"must be in (0, 1] (0 < t0 <= 1), got {req.t0}")
-    sampler = req.sampler or reference_sampler(model.info.sde.sde_type)
+    info = model.info
+    if req.full_schedule:
+        sampler = req.sampler or reference_sampler(info.sde.sde_type)
+    else:
+        sampler = req.sampler or info.default_sampler
     if sampler not in SAMPLERS:
         raise InvalidArgument("sampler", f"unknown sampler {req.sampler!r}")
+    spacing = req.spacing or ("time_uniform" if req.full_schedule else info.default_spacing)
+    if spacing not in SPACINGS:
+        raise InvalidArgument("spacing", f"unknown spacing {req.spacing!r}; known: {', '.join(SPACINGS)}")
     if not (math.isfinite(req.eta) and 0.0 <= req.eta <= 1.0):
         raise InvalidArgument("eta", f"must be in [0, 1], got {req.eta}")
     if req.eta and sampler != "ddim":
@@ -44,8 +61,12 @@ def validate_scalars(req: EditRequestData, model: LoadedModel, settings: Setting
     limit = max_steps(req.t0, model.schedule.num_levels)
     if req.steps < 0 or req.steps > limit:
         raise InvalidArgument(
-            "steps", f"must be in [0, {limit}] at t0={req.t0:g} (round(t0 * {model.schedule.num_levels}) levels; 0 = all), got {req.steps}"
+            "steps", f"must be in [0, {limit}] at t0={req.t0:g} (round(t0 * {model.schedule.num_levels}) levels; "
+                     f"0 = the model's default, {info.default_steps}), got {req.steps}"
         )
+    if req.full_schedule and req.steps:
+        raise InvalidArgument("steps", f"must be 0 with full_schedule (which runs all {limit} levels), got {req.steps}")
+    steps = limit if req.full_schedule else req.steps or min(info.default_steps, limit)
     repeats = req.repeats or 1
     if not 1 <= repeats <= settings.max_repeats:
         raise InvalidArgument("repeats", f"must be in [1, {settings.max_repeats}], got {req.repeats}")
@@ -60,8 +81,30 @@ def validate_scalars(req: EditRequestData, model: LoadedModel, settings: Setting
         raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID} printable characters")
     if req.seed is not None and not 0 <= req.seed < SEED_MODULUS:
         raise InvalidArgument("seed", f"must be in [0, 2^64), got {req.seed}")
-    return EditParams(t0=float(req.t0), steps=req.steps or limit, repeats=repeats, sampler=sampler,
-                      eta=float(req.eta), preview_every=req.preview_every)
+    params = EditParams(t0=float(req.t0), steps=steps, repeats=repeats, sampler=sampler,
+                        eta=float(req.eta), preview_every=req.preview_every, spacing=spacing)
+    if sampler == "euler_maruyama":
+        _check_euler_maruyama(params, model, limit)
+    return params
+
+
+def _check_euler_maruyama(params: EditParams, model: LoadedModel, limit: int) -> None:
+    """Refuses Euler-Maruyama where it is known to diverge (samplers.euler_maruyama_variance_error)."""
+    def error(steps: int) -> float:
+        return euler_maruyama_variance_error(model.schedule, plan_levels(replace(params, steps=steps), model.schedule))
+
+    off = error(params.steps)
+    if off <= EULER_MARUYAMA_MAX_VARIANCE_ERROR:
+        return
+    low, high = params.steps, limit  # the fewest steps that pass (the full schedule does)
+    while low + 1 < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if error(middle) <= EULER_MARUYAMA_MAX_VARIANCE_ERROR else (middle, high)
+    raise InvalidArgument(
+        "steps", f"Euler-Maruyama diverges at {params.steps} steps from t0={params.t0:g} ({params.spacing}): "
+                 f"its output variance on Gaussian data would be {100 * off:.0f}% off (limit "
+                 f"{100 * EULER_MARUYAMA_MAX_VARIANCE_ERROR:.0f}%); use at least {high} steps, or sampler dpmpp_2m_sde"
+    )
 
 
 @dataclass(frozen=True)

@@ -142,18 +142,51 @@ def test_response_reports_network_calls_parameters_and_timings(uncached_server, 
         response = client.edit(build_request(png(guide16), t0=0.5, steps=0, repeats=2, seed=1))
         models = {m.name: m for m in client.list_models()}
     assert not response.cached
-    assert response.network_calls == 2 * 500  # steps = 0: every level from round(0.5 * 1000)
-    assert (response.steps, response.repeats, response.sampler) == (500, 2, pb.SAMPLER_DDPM)
+    # steps = 0: the model's default edit (default_steps = 20, DPM-Solver++(2M) SDE, logSNR-uniform)
+    assert response.network_calls == 2 * 20
+    assert (response.steps, response.repeats, response.sampler, response.spacing) == (
+        20, 2, pb.SAMPLER_DPMPP_2M_SDE, pb.SPACING_LOGSNR_UNIFORM)
     assert response.model == "gauss" and response.model_hash == models["gauss"].content_hash
     t = response.timings
     assert 0 < t.network_seconds <= t.sde_seconds <= t.total_seconds
     assert t.decode_seconds > 0 and t.encode_seconds > 0 and t.queue_seconds >= 0
 
 
-def test_ve_model_defaults_to_euler_maruyama(server, guide16):
+def test_full_schedule_is_every_level_with_the_reference_sampler(server, guide16):
+    with Client(server.address) as client:
+        full = client.edit(build_request(png(guide16), t0=0.2, full_schedule=True, seed=1))
+        explicit = client.edit(build_request(png(guide16), t0=0.2, steps=200, sampler="ddpm", spacing="time_uniform", seed=1))
+        ve = client.edit(build_request(png(guide16), t0=0.1, full_schedule=True, seed=1, model="gauss-ve"))
+        with pytest.raises(grpc.RpcError) as info:
+            client.edit(build_request(png(guide16), t0=0.2, steps=5, full_schedule=True))
+    assert (full.steps, full.network_calls, full.sampler, full.spacing) == (200, 200, pb.SAMPLER_DDPM, pb.SPACING_TIME_UNIFORM)
+    assert full.images[0].data == explicit.images[0].data  # the same edit: steps = n0 with DDPM
+    assert (ve.network_calls, ve.sampler) == (100, pb.SAMPLER_EULER_MARUYAMA)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "steps" in info.value.details()
+
+
+def test_ve_model_defaults_to_dpm_solver_and_refuses_diverging_euler_maruyama(server, guide16):
     with Client(server.address) as client:
         response = client.edit(build_request(png(guide16), t0=0.3, steps=10, seed=1, model="gauss-ve"))
-    assert response.sampler == pb.SAMPLER_EULER_MARUYAMA and response.network_calls == 10
+        assert response.sampler == pb.SAMPLER_DPMPP_2M_SDE and response.network_calls == 10
+        # t0 = 1 in 5 steps: Euler-Maruyama's variance would be 17x the data's (issue 11)
+        with pytest.raises(grpc.RpcError) as info:
+            client.edit(build_request(png(guide16), t0=1.0, steps=5, sampler="euler_maruyama", model="gauss-ve"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "steps" in info.value.details() and "use at least" in info.value.details()
+        fine = client.edit(build_request(png(guide16), t0=0.3, steps=10, sampler="euler_maruyama", seed=1, model="gauss-ve"))
+    assert fine.sampler == pb.SAMPLER_EULER_MARUYAMA and fine.network_calls == 10
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("spacing", ["time_uniform", "logsnr_uniform", "karras"])
+def test_every_sampler_and_spacing_keeps_the_unmasked_region_bit_exact(server, guide16, mask16, sampler, spacing):
+    with Client(server.address) as client:
+        response = client.edit(build_request(png(guide16), mask=png(mask16), t0=0.6, steps=8, repeats=2, seed=3,
+                                             sampler=sampler, spacing=spacing))
+    out = decode_png(response.images[0].data)
+    assert np.array_equal(out[mask16 == 0], guide16[mask16 == 0])
+    assert response.network_calls == 16 and response.sampler == getattr(pb, f"SAMPLER_{sampler.upper()}")
 
 
 def test_list_models(server):
@@ -164,6 +197,8 @@ def test_list_models(server):
     assert (gauss.width, gauss.height, gauss.channels, gauss.sde_type, gauss.timesteps) == (16, 16, 1, "vp_discrete", 1000)
     assert gauss.is_default and not models["mix"].is_default
     assert gauss.default_steps == 20 and gauss.flexible_size and not models["gauss-ve"].flexible_size
+    assert (gauss.default_sampler, gauss.default_spacing) == (pb.SAMPLER_DPMPP_2M_SDE, pb.SPACING_LOGSNR_UNIFORM)
+    assert gauss.reference_sampler == pb.SAMPLER_DDPM and models["gauss-ve"].reference_sampler == pb.SAMPLER_EULER_MARUYAMA
     assert models["gauss-ve"].sde_type == "ve" and models["gauss-rgb"].channels == 3
     assert len({m.content_hash for m in models.values()}) == 4 and all(len(m.content_hash) == 64 for m in models.values())
 

@@ -29,3 +29,21 @@ def test_backend_overhead_benchmark_runs(tmp_path, capsys):
         for backend in benchmark.BACKENDS:
             assert row[backend]["step_median_ms"] > 0 and row[backend]["edit_over_pure_network"] > 0
     assert "plain gRPC / shared memory per step" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_samplers_benchmark_runs(tmp_path):
+    """A tiny run of benchmarks/samplers.py: the oracle part through an in-process server, and digits."""
+    spec = importlib.util.spec_from_file_location("samplers_benchmark", ROOT / "benchmarks" / "samplers.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    result = benchmark.main(["--size", "8", "--samples", "1", "--stds", "0.3", "--guides", "4", "--digits-calls", "3",
+                             "--digits-t0", "0.05", "--digits-runs", "dpmpp_2m_sde:logsnr_uniform", "--out", str(tmp_path)])
+    assert {(r["sampler"], r["spacing"]) for r in result["oracle"] if r["sde"] == "vp_discrete"} >= {
+        ("dpmpp_2m_sde", "logsnr_uniform"), ("ddpm", "time_uniform"), ("dpmpp_2m", "karras")}
+    refused = [r for r in result["oracle"] if "refused" in r]
+    assert refused and all(r["sampler"] == "euler_maruyama" for r in refused)  # EM at 5 calls from t0 = 0.8 on VE
+    assert all(r["network_calls"] == int(r["schedule"].split()[0]) for r in result["oracle"] if "refused" not in r
+               and r["schedule"] != "full")
+    assert [r["network_calls"] for r in result["digits"]] == [3, 50]  # 3 calls, and the full schedule at t0 = 0.05
+    assert (tmp_path / "error_vs_calls.png").stat().st_size > 0 and "digits" in (tmp_path / "results.md").read_text()

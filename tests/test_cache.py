@@ -165,6 +165,7 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings, 
         "steps": dict(steps=11),
         "repeats": dict(repeats=2),
         "sampler": dict(sampler="ddim"),
+        "spacing": dict(spacing="time_uniform"),
         "eta": dict(sampler="ddim", eta=0.5),
         "num_samples": dict(num_samples=2),
         "output_format": dict(output_format="npy"),
@@ -185,8 +186,9 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings, 
     assert len(set(keys.values())) == len(keys), "two different requests share a key"
     # what does not change the output does not change the key
     assert key_of(preview_every=2, request_id="abc") == keys["base"]
-    assert key_of(steps=0) == key_of(steps=500)  # steps as used: t0=0.5 of 1,000 levels -> 500
-    assert key_of(sampler="ddpm") == keys["base"]  # the reference sampler, named or not
+    assert key_of(steps=0) == key_of(steps=20)  # steps as used: the model's default_steps
+    assert key_of(full_schedule=True, steps=0) == key_of(steps=500, sampler="ddpm", spacing="time_uniform")  # every level
+    assert key_of(sampler="dpmpp_2m_sde", spacing="logsnr_uniform") == keys["base"]  # the defaults, named or not
     buffer = io.BytesIO()
     Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(buffer, format="PNG", compress_level=9)
     assert key_of(image=buffer.getvalue()) == keys["base"]  # same pixels, other PNG bytes

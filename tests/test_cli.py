@@ -34,6 +34,7 @@ def test_models_and_edit_commands(serve, tmp_path, guide16, mask16):
     server = serve()
     listing = sdedit("models", "--address", server.address).stdout
     assert "gauss\t16x16" in listing and "gauss-ve\t16x16" in listing and "(default)" in listing
+    assert "default dpmpp_2m_sde logsnr_uniform 20 steps (reference sampler ddpm)" in listing
     (tmp_path / "guide.png").write_bytes(png(guide16))
     (tmp_path / "mask.png").write_bytes(png(mask16))
     result = sdedit("edit", str(tmp_path / "guide.png"), "--mask", str(tmp_path / "mask.png"), "--t0", "0.6",
@@ -45,6 +46,13 @@ def test_models_and_edit_commands(serve, tmp_path, guide16, mask16):
         out = np.asarray(Image.open(tmp_path / f"out-{i}.png"))
         np.testing.assert_array_equal(out[mask16 == 0], guide16[mask16 == 0])
     assert len(list((tmp_path / "previews").glob("*.png"))) == 4
+    assert "sampler dpmpp_2m_sde, spacing logsnr_uniform, 20 steps x 1 repeat(s) = 20 network calls" in result.stdout
+    chosen = sdedit("edit", str(tmp_path / "guide.png"), "--t0", "0.05", "--sampler", "dpmpp_2m", "--spacing", "karras",
+                    "--steps", "7", "-o", str(tmp_path / "chosen.png"), "--quiet", "--address", server.address)
+    assert "sampler dpmpp_2m, spacing karras, 7 steps" in chosen.stdout
+    full = sdedit("edit", str(tmp_path / "guide.png"), "--t0", "0.05", "--full-schedule", "-o", str(tmp_path / "full.png"),
+                  "--quiet", "--address", server.address)
+    assert "sampler ddpm, spacing time_uniform, 50 steps x 1 repeat(s) = 50 network calls" in full.stdout
 
 
 def test_edit_reports_errors_clearly(serve, tmp_path, guide16):
@@ -73,12 +81,12 @@ def guide(side: int) -> np.ndarray:
 def test_sigterm_drains_in_flight_edits_then_exits_zero(serve):
     grace = 30.0
     server = serve("--grace-seconds", str(grace), "--max-concurrent-edits", "2")
-    request = build_request(png(guide(128)), t0=1.0, steps=0, repeats=3, seed=1)  # 3,000 network calls
+    request = build_request(png(guide(128)), t0=1.0, full_schedule=True, repeats=3, seed=1)  # 3,000 network calls
     results: list = []
     running = [threading.Event(), threading.Event()]
 
     def run(started: threading.Event) -> None:
-        own = build_request(png(guide(128)), t0=1.0, steps=0, repeats=3, seed=2 + running.index(started))  # not one shared edit
+        own = build_request(png(guide(128)), t0=1.0, full_schedule=True, repeats=3, seed=2 + running.index(started))  # not one shared edit
         with Client(server.address) as client:
             for event in client.stream_edit(own, timeout=120):
                 started.set()
@@ -112,7 +120,7 @@ def test_sigterm_past_the_grace_period_cancels_what_is_left_and_still_exits_zero
     started = threading.Event()
 
     def run() -> None:
-        long_edit = build_request(png(guide(256)), t0=1.0, steps=0, repeats=10, seed=1)  # 10,000 calls: ~10 s
+        long_edit = build_request(png(guide(256)), t0=1.0, full_schedule=True, repeats=10, seed=1)  # 10,000 calls: ~10 s
         with Client(server.address) as client:
             try:
                 for _ in client.stream_edit(long_edit, timeout=120):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.onnx import OnnxScoreModel
 from service.backends.repository import load_model_info
 from service.client import Client, build_request
@@ -87,3 +88,17 @@ def test_masked_edit_with_the_default_model_keeps_the_rest_bit_identical(default
     for image in response.images:
         out = np.asarray(Image.open(io.BytesIO(image.data)))
         assert np.array_equal(out[keep], digit[keep]) and not np.array_equal(out[~keep], digit[~keep])
+
+
+@pytest.mark.parametrize("t0", [0.3, 0.5])
+def test_the_default_edit_of_the_default_model_is_a_few_step_sampler(default_server, t0):
+    """steps = 0: the model's default edit, at most 25 network calls (its quality against the full
+    schedule is a benchmark result: benchmarks/samplers.py, docs/quality.md)."""
+    guide = png(np.asarray(Image.open(ROOT / "examples" / "strokes.png")))
+    with Client(default_server.address) as client:
+        response = client.edit(build_request(guide, t0=t0, seed=1), timeout=120)
+    info = load_model_info(MODEL_DIR)
+    assert response.network_calls <= 25 and response.network_calls == response.steps == info.default_steps == 25
+    # chosen on this model's measurements (docs/quality.md): time-uniform levels, where the exact oracle prefers logSNR
+    assert (info.default_sampler, info.default_spacing) == ("dpmpp_2m_sde", "time_uniform")
+    assert (response.sampler, response.spacing) == (pb.SAMPLER_DPMPP_2M_SDE, pb.SPACING_TIME_UNIFORM)

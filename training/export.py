@@ -171,7 +171,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/digits/last.pt"))
     parser.add_argument("--name", default="digits")
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    parser.add_argument("--default-steps", type=int, default=100)
+    # the default edit (steps = 0), chosen from benchmarks/samplers.py on this model (docs/quality.md);
+    # re-measure after retraining: a better-trained network may prefer logsnr_uniform, as the exact oracle does
+    parser.add_argument("--default-steps", type=int, default=25)
+    parser.add_argument("--default-sampler", default="dpmpp_2m_sde")
+    parser.add_argument("--default-spacing", default="time_uniform")
     args = parser.parse_args(argv)
 
     model, state = load_ema(args.checkpoint)
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         spec, 32, 32, model.config.in_channels, default_steps=args.default_steps,
         flexible_size=True, size_multiple=4, max_size=MAX_SIZE,
         memory_bytes_per_pixel=MEMORY_BYTES_PER_PIXEL, attention=ATTENTION_MEMORY,
+        default_sampler=args.default_sampler, default_spacing=args.default_spacing,
         description=f"DDPM UNet ({count_parameters(model) / 1e6:.1f}M parameters) trained on {10 * (500 - HELD_OUT_PER_CLASS):,} MNIST digits, {state['step']} steps",
     )
     model_dir = write_model(args.repository, args.name, onnx_bytes, params)

@@ -13,6 +13,15 @@ class Sampler(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLER_DDPM: _ClassVar[Sampler]
     SAMPLER_DDIM: _ClassVar[Sampler]
     SAMPLER_EULER_MARUYAMA: _ClassVar[Sampler]
+    SAMPLER_DPMPP_2M: _ClassVar[Sampler]
+    SAMPLER_DPMPP_2M_SDE: _ClassVar[Sampler]
+
+class Spacing(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPACING_UNSPECIFIED: _ClassVar[Spacing]
+    SPACING_TIME_UNIFORM: _ClassVar[Spacing]
+    SPACING_LOGSNR_UNIFORM: _ClassVar[Spacing]
+    SPACING_KARRAS: _ClassVar[Spacing]
 
 class OutputFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -23,12 +32,18 @@ SAMPLER_UNSPECIFIED: Sampler
 SAMPLER_DDPM: Sampler
 SAMPLER_DDIM: Sampler
 SAMPLER_EULER_MARUYAMA: Sampler
+SAMPLER_DPMPP_2M: Sampler
+SAMPLER_DPMPP_2M_SDE: Sampler
+SPACING_UNSPECIFIED: Spacing
+SPACING_TIME_UNIFORM: Spacing
+SPACING_LOGSNR_UNIFORM: Spacing
+SPACING_KARRAS: Spacing
 OUTPUT_FORMAT_UNSPECIFIED: OutputFormat
 OUTPUT_FORMAT_PNG: OutputFormat
 OUTPUT_FORMAT_NPY: OutputFormat
 
 class EditRequest(_message.Message):
-    __slots__ = ("model", "image", "mask", "t0", "steps", "repeats", "sampler", "eta", "seed", "num_samples", "output_format", "preview_every", "request_id")
+    __slots__ = ("model", "image", "mask", "t0", "steps", "repeats", "sampler", "eta", "seed", "num_samples", "output_format", "preview_every", "request_id", "spacing", "full_schedule")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +57,8 @@ class EditRequest(_message.Message):
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_EVERY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SPACING_FIELD_NUMBER: _ClassVar[int]
+    FULL_SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     model: str
     image: bytes
     mask: bytes
@@ -55,7 +72,9 @@ class EditRequest(_message.Message):
     output_format: OutputFormat
     preview_every: int
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., t0: _Optional[float] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., preview_every: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    spacing: Spacing
+    full_schedule: bool
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., t0: _Optional[float] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., eta: _Optional[float] = ..., seed: _Optional[int] = ..., num_samples: _Optional[int] = ..., output_format: _Optional[_Union[OutputFormat, str]] = ..., preview_every: _Optional[int] = ..., request_id: _Optional[str] = ..., spacing: _Optional[_Union[Spacing, str]] = ..., full_schedule: _Optional[bool] = ...) -> None: ...
 
 class Image(_message.Message):
     __slots__ = ("data", "media_type", "seed")
@@ -84,7 +103,7 @@ class StageTimings(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., sde_seconds: _Optional[float] = ..., network_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class EditResponse(_message.Message):
-    __slots__ = ("images", "network_calls", "timings", "model", "model_hash", "cached", "request_id", "steps", "repeats", "sampler")
+    __slots__ = ("images", "network_calls", "timings", "model", "model_hash", "cached", "request_id", "steps", "repeats", "sampler", "spacing")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NETWORK_CALLS_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +114,7 @@ class EditResponse(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     REPEATS_FIELD_NUMBER: _ClassVar[int]
     SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    SPACING_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[Image]
     network_calls: int
     timings: StageTimings
@@ -105,7 +125,8 @@ class EditResponse(_message.Message):
     steps: int
     repeats: int
     sampler: Sampler
-    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., network_calls: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., model: _Optional[str] = ..., model_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., request_id: _Optional[str] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ...) -> None: ...
+    spacing: Spacing
+    def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., network_calls: _Optional[int] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ..., model: _Optional[str] = ..., model_hash: _Optional[str] = ..., cached: _Optional[bool] = ..., request_id: _Optional[str] = ..., steps: _Optional[int] = ..., repeats: _Optional[int] = ..., sampler: _Optional[_Union[Sampler, str]] = ..., spacing: _Optional[_Union[Spacing, str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("repeat", "repeats", "step", "steps", "network_calls", "total_network_calls", "elapsed_seconds")
@@ -148,7 +169,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "content_hash", "width", "height", "channels", "sde_type", "timesteps", "default_steps", "is_default", "flexible_size", "size_multiple", "description", "max_width", "max_height")
+    __slots__ = ("name", "content_hash", "width", "height", "channels", "sde_type", "timesteps", "default_steps", "is_default", "flexible_size", "size_multiple", "description", "max_width", "max_height", "default_sampler", "default_spacing", "reference_sampler")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +184,9 @@ class ModelInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_WIDTH_FIELD_NUMBER: _ClassVar[int]
     MAX_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SAMPLER_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_SPACING_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_SAMPLER_FIELD_NUMBER: _ClassVar[int]
     name: str
     content_hash: str
     width: int
@@ -177,7 +201,10 @@ class ModelInfo(_message.Message):
     description: str
     max_width: int
     max_height: int
-    def __init__(self, name: _Optional[str] = ..., content_hash: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sde_type: _Optional[str] = ..., timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., is_default: _Optional[bool] = ..., flexible_size: _Optional[bool] = ..., size_multiple: _Optional[int] = ..., description: _Optional[str] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ...) -> None: ...
+    default_sampler: Sampler
+    default_spacing: Spacing
+    reference_sampler: Sampler
+    def __init__(self, name: _Optional[str] = ..., content_hash: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., channels: _Optional[int] = ..., sde_type: _Optional[str] = ..., timesteps: _Optional[int] = ..., default_steps: _Optional[int] = ..., is_default: _Optional[bool] = ..., flexible_size: _Optional[bool] = ..., size_multiple: _Optional[int] = ..., description: _Optional[str] = ..., max_width: _Optional[int] = ..., max_height: _Optional[int] = ..., default_sampler: _Optional[_Union[Sampler, str]] = ..., default_spacing: _Optional[_Union[Spacing, str]] = ..., reference_sampler: _Optional[_Union[Sampler, str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

@@ -6,20 +6,32 @@ from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.base import ModelInfo
 from service.errors import InvalidArgument
 from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.sdedit.samplers import reference_sampler
 
 SAMPLER_NAMES = {
     pb.SAMPLER_UNSPECIFIED: "",
     pb.SAMPLER_DDPM: "ddpm",
     pb.SAMPLER_DDIM: "ddim",
     pb.SAMPLER_EULER_MARUYAMA: "euler_maruyama",
+    pb.SAMPLER_DPMPP_2M: "dpmpp_2m",
+    pb.SAMPLER_DPMPP_2M_SDE: "dpmpp_2m_sde",
 }
 SAMPLER_ENUMS = {name: value for value, name in SAMPLER_NAMES.items() if name}
+SPACING_NAMES = {
+    pb.SPACING_UNSPECIFIED: "",
+    pb.SPACING_TIME_UNIFORM: "time_uniform",
+    pb.SPACING_LOGSNR_UNIFORM: "logsnr_uniform",
+    pb.SPACING_KARRAS: "karras",
+}
+SPACING_ENUMS = {name: value for value, name in SPACING_NAMES.items() if name}
 OUTPUT_FORMATS = {pb.OUTPUT_FORMAT_UNSPECIFIED: "png", pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_NPY: "npy"}
 
 
 def edit_request_from_proto(msg: pb.EditRequest) -> EditRequestData:
     if msg.sampler not in SAMPLER_NAMES:
         raise InvalidArgument("sampler", f"unknown value {msg.sampler}; known: {', '.join(pb.Sampler.keys())}")
+    if msg.spacing not in SPACING_NAMES:
+        raise InvalidArgument("spacing", f"unknown value {msg.spacing}; known: {', '.join(pb.Spacing.keys())}")
     if msg.output_format not in OUTPUT_FORMATS:
         raise InvalidArgument("output_format", f"unknown value {msg.output_format}; known: {', '.join(pb.OutputFormat.keys())}")
     return EditRequestData(
@@ -36,6 +48,8 @@ def edit_request_from_proto(msg: pb.EditRequest) -> EditRequestData:
         output_format=OUTPUT_FORMATS[msg.output_format],
         preview_every=msg.preview_every,
         request_id=msg.request_id,
+        spacing=SPACING_NAMES[msg.spacing],
+        full_schedule=msg.full_schedule,
     )
 
 
@@ -55,6 +69,7 @@ def edit_response_to_proto(outcome: EditOutcome) -> pb.EditResponse:
         steps=outcome.steps,
         repeats=outcome.repeats,
         sampler=SAMPLER_ENUMS[outcome.sampler],
+        spacing=SPACING_ENUMS[outcome.spacing],
     )
 
 
@@ -77,4 +92,6 @@ def model_info_to_proto(info: ModelInfo, is_default: bool) -> pb.ModelInfo:
         default_steps=info.default_steps, is_default=is_default, flexible_size=info.flexible_size,
         size_multiple=info.size_multiple, description=info.description,
         max_width=info.largest_size[0], max_height=info.largest_size[1],
+        default_sampler=SAMPLER_ENUMS[info.default_sampler], default_spacing=SPACING_ENUMS[info.default_spacing],
+        reference_sampler=SAMPLER_ENUMS[reference_sampler(info.sde.sde_type)],
     )

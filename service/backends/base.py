@@ -20,7 +20,7 @@ class ModelInfo:
     width: int
     height: int
     channels: int
-    default_steps: int
+    default_steps: int  # network calls per repeat of an edit with steps = 0
     flexible_size: bool = False  # accepts other sizes, multiples of size_multiple
     size_multiple: int = 1
     max_width: int = 0  # the largest accepted size (flexible models); 0 = the native size
@@ -34,6 +34,9 @@ class ModelInfo:
     output_name: str = "eps"
     parameters: dict[str, str] = field(default_factory=dict)
     precision: str = "fp32"  # arithmetic the backend runs the network in (fp32, fp16, ...): part of the cache key
+
+    default_sampler: str = "dpmpp_2m_sde"  # of an edit that names none (samplers.SAMPLERS)
+    default_spacing: str = "logsnr_uniform"  # of an edit that names none (schedules.SPACINGS)
 
     @property
     def largest_size(self) -> tuple[int, int]:

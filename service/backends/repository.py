@@ -16,6 +16,9 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
                               (the memory entries are measured by scripts/measure_model_memory.py;
                               admission control budgets with them, service/costs.py)
     default_steps   recommended network calls per repeat for interactive use
+    default_steps   network calls per repeat of an edit with steps = 0 (DEFAULT_STEPS if absent)
+    default_sampler, default_spacing   that edit's sampler and level spacing (DEFAULT_SAMPLER,
+                    DEFAULT_SPACING if absent); chosen from benchmarks/samplers.py (docs/quality.md)
     description     one line for ListModels
     precision       optional: fp32 | fp16 | bf16 | int8, what Triton computes in (else
                     inferred: fp16 for a TensorRT plan or ONNX Runtime's TensorRT
@@ -37,7 +40,8 @@ from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import ModelInfo
 from service.errors import ModelConfigError
-from service.sdedit.schedules import SDESpec
+from service.sdedit.samplers import SAMPLERS
+from service.sdedit.schedules import SPACINGS, SDESpec
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"
@@ -45,6 +49,9 @@ DEFAULT_MEMORY_BYTES_PER_PIXEL = "2048"  # undeclared: about what a small conv U
 REQUIRED_PARAMETERS = ("sde", "timesteps", "prediction_type", "width", "height", "channels")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 EMBEDDED_PRECISION = "fp32"  # ONNX Runtime's CPU provider, float32 in and out (its graph is in the content hash)
+# What an edit with steps = 0 runs when a model's config does not say: measured on the exact
+# Gaussian oracle and the digits model (docs/quality.md, "Few-step samplers").
+DEFAULT_SAMPLER, DEFAULT_SPACING, DEFAULT_STEPS = "dpmpp_2m_sde", "logsnr_uniform", 20
 
 
 def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
@@ -152,7 +159,7 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
     spec = sde_spec_from_parameters(params, where)
     try:
         width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
-        default_steps = int(params.get("default_steps", spec.timesteps))
+        default_steps = int(params.get("default_steps", DEFAULT_STEPS))
         size_multiple = int(params.get("size_multiple", "1"))
         flexible = params.get("flexible_size", "false").lower() == "true"
         max_width = int(params.get("max_width", width)) if flexible else width
@@ -166,6 +173,12 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         raise ModelConfigError(f"{where}max_width x max_height {max_width}x{max_height} is below the native {width}x{height}")
     if memory_per_pixel < 0 or attention_downsample < 0 or attention_per_entry < 0:
         raise ModelConfigError(f"{where}memory parameters must be >= 0")
+    default_sampler = params.get("default_sampler", DEFAULT_SAMPLER)
+    default_spacing = params.get("default_spacing", DEFAULT_SPACING)
+    if default_sampler not in SAMPLERS:
+        raise ModelConfigError(f"{where}default_sampler {default_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if default_spacing not in SPACINGS:
+        raise ModelConfigError(f"{where}default_spacing {default_spacing!r} is not one of {', '.join(SPACINGS)}")
     inputs = [tensor.name for tensor in config.input]
     outputs = [tensor.name for tensor in config.output]
     if len(inputs) != 2 or len(outputs) != 1:
@@ -191,6 +204,8 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         output_name=outputs[0],
         parameters=params,
         precision=served_precision(config, where) if precision is None else precision,
+        default_sampler=default_sampler,
+        default_spacing=default_spacing,
     )
 
 
@@ -251,6 +266,8 @@ def model_parameters(
     max_size: tuple[int, int] | None = None,
     memory_bytes_per_pixel: float | None = None,
     attention: tuple[int, float] | None = None,
+    default_sampler: str = DEFAULT_SAMPLER,
+    default_spacing: str = DEFAULT_SPACING,
 ) -> dict[str, str]:
     """The `parameters` block that carries a model's SDE metadata."""
     params = {
@@ -261,6 +278,8 @@ def model_parameters(
         "height": str(height),
         "channels": str(channels),
         "default_steps": str(default_steps),
+        "default_sampler": default_sampler,
+        "default_spacing": default_spacing,
         "flexible_size": "true" if flexible_size else "false",
         "size_multiple": str(size_multiple),
         "description": description,

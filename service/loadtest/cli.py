@@ -17,6 +17,7 @@ import grpc
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
+from service.client import SAMPLERS, SPACINGS
 from service.loadtest.plots import plots_available, write_plots
 from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, build_report, format_report
 from service.loadtest.runner import LoadPlan, Runner, open_channel
@@ -46,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     req.add_argument("--rpc", choices=("edit", "stream"), default="edit", help="Edit or StreamEdit (default edit)")
     req.add_argument("--t0", type=float, default=0.5, help="editing strength (default 0.5)")
     req.add_argument("--steps", type=int, default=0, help="network calls per edit (default 0 = the model's default_steps)")
+    req.add_argument("--sampler", choices=[name for name in SAMPLERS if name], help="default: the model's default sampler (ListModels)")
+    req.add_argument("--spacing", choices=[name for name in SPACINGS if name], help="default: the model's default spacing (ListModels)")
     req.add_argument("--num-samples", type=int, default=1, help="images per request (default 1)")
     req.add_argument("--fixed-seed-fraction", type=float, default=0.0,
                      help="share of requests that repeat one fixed request (cache hits once cached); "
@@ -90,7 +93,8 @@ def plan_from(args: argparse.Namespace) -> LoadPlan:
 def options_from(args: argparse.Namespace) -> RequestOptions:
     sizes = tuple(parse_size(s) for s in args.sizes.split(",") if s.strip())
     image = args.image.read_bytes() if args.image else None
-    return RequestOptions(model=args.model, t0=args.t0, steps=args.steps, num_samples=args.num_samples,
+    return RequestOptions(model=args.model, t0=args.t0, steps=args.steps, sampler=args.sampler, spacing=args.spacing,
+                          num_samples=args.num_samples,
                           fixed_seed_fraction=args.fixed_seed_fraction, sizes=sizes, image=image)
 
 

@@ -103,7 +103,8 @@ def build_report(plan: LoadPlan, workload: Workload, result: RunResult, slo: SLO
                    "rate_per_second": plan.rate, "arrivals": plan.arrivals, "duration_seconds": plan.duration,
                    "requests": plan.requests, "warmup_seconds": plan.warmup, "rpc": plan.rpc,
                    "timeout_seconds": plan.timeout, "seed": plan.seed, "model": model.name, "t0": options.t0,
-                   "steps": workload.steps, "num_samples": options.num_samples,
+                   "steps": workload.steps, "sampler": workload.sampler, "spacing": workload.spacing,
+                   "num_samples": options.num_samples,
                    "fixed_seed_fraction": options.fixed_seed_fraction, "sizes": [f"{w}x{h}" for w, h in workload.sizes]},
         "model": {"name": model.name, "width": model.width, "height": model.height, "channels": model.channels,
                   "flexible_size": model.flexible_size, "content_hash": model.content_hash},
@@ -140,7 +141,7 @@ def describe_plan(report: dict) -> str:
             if c["mode"] == "open" else f"closed loop, concurrency {c['concurrency']}")
     amount = f"{c['requests']} requests" if c["requests"] else f"{c['duration_seconds']:g} s"
     return (f"{loop}; {amount} after {c['warmup_seconds']:g} s warm-up; model {c['model']}, {c['rpc']}, t0 {c['t0']:g}, "
-            f"{c['steps']} steps, {c['num_samples']} sample(s), sizes {', '.join(c['sizes'])}, "
+            f"{c['steps']} steps ({c.get('sampler', '?')}, {c.get('spacing', '?')}), {c['num_samples']} sample(s), sizes {', '.join(c['sizes'])}, "
             f"fixed seeds {c['fixed_seed_fraction']:.0%}")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sdedit.v1 import sdedit_pb2 as pb
-from service.client import build_request
+from service.client import SAMPLER_NAMES, SPACING_NAMES, build_request
 from service.imaging import encode_png
 
 FIXED, FRESH = "fixed", "fresh"
@@ -31,6 +31,8 @@ class RequestOptions:
     model: str = ""  # "" = the server's default model
     t0: float = 0.5
     steps: int = 0  # 0 = the model's default_steps (not the full schedule)
+    sampler: str | None = None  # None = the model's default sampler
+    spacing: str | None = None  # None = the model's default spacing
     num_samples: int = 1
     fixed_seed_fraction: float = 0.0  # share of requests that repeat one request exactly
     fixed_seed: int = 0
@@ -96,6 +98,8 @@ class Workload:
         self.options = options
         self.sizes = plan_sizes(model, options.sizes)
         self.steps = options.steps or model.default_steps
+        self.sampler = options.sampler or SAMPLER_NAMES.get(model.default_sampler, "default")
+        self.spacing = options.spacing or SPACING_NAMES.get(model.default_spacing, "default")
         self._rng = np.random.default_rng(seed)
         self._images = {size: guide_image(*size, model.channels) for size in self.sizes}
         if options.image is not None:
@@ -109,5 +113,5 @@ class Workload:
         seed = self.options.fixed_seed if fixed else secrets.randbits(64)
         o = self.options
         request = build_request(self._images[size], t0=o.t0, steps=self.steps, seed=seed, num_samples=o.num_samples,
-                                model=self.model.name)
+                                model=self.model.name, sampler=o.sampler, spacing=o.spacing)
         return RequestSpec(request, f"{size[0]}x{size[1]}", FIXED if fixed else FRESH)

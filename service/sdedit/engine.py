@@ -2,11 +2,20 @@
 
     for each repeat k = 1..K:
         x = alpha_n0 * guide + sigma_n0 * z                   (n0 = round(t0 * N))
-        for each level s in the schedule from n0 down, next level r (0 after the last):
-            eps = network(x, t_s);  x = sampler.step(x, eps, s -> r)
+        state = INITIAL_STATE                                 (multistep history: per repeat)
+        for each planned level s from n0 down, next level r (0 after the last):
+            eps = network(x, t_s);  x, state = sampler.step(x, eps, s -> r, state)
             masked:  x = M * x + (1 - M) * (alpha_r * x0 + sigma_r * e),  e fresh each step
         guide = x
     masked: paste x0 back into the kept region, so it returns bit-exact.
+
+The planned levels are `steps` levels from n0 to 1 spread by `spacing` (schedules.plan_levels).
+
+Multistep history and masks: the history is kept across the per-step compositing. The data
+prediction D a step stores is the network's, made at the composited x, so the history is the
+trajectory the network actually saw; in the kept region D_prev only feeds an update that the
+composite then overwrites, and in the regenerated region it is the plain multistep history.
+Each repeat starts a new trajectory with an empty history (first-order first step).
 
 Masks: M = 1 regenerates, M = 0 keeps (the paper's Omega). The kept region is re-noised to
 the level of the step's *output* (alpha_r, sigma_r) with fresh noise every step. That is our
@@ -27,8 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.sdedit.samplers import coefficients, get_sampler
-from service.sdedit.schedules import NoiseSchedule, start_level, strided_levels
+from service.sdedit.samplers import INITIAL_STATE, coefficients, get_sampler
+from service.sdedit.schedules import NoiseSchedule, start_level
+from service.sdedit.schedules import plan_levels as plan_schedule_levels
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -44,6 +54,7 @@ class EditParams:
     repeats: int = 1
     sampler: str = "ddpm"
     eta: float = 0.0  # DDIM only
+    spacing: str = "time_uniform"  # how the levels spread from n0 to 1 (schedules.SPACINGS)
     preview_every: int = 0  # 0 = no pred_original_sample in step events
 
 
@@ -65,10 +76,10 @@ class EditResult:
     network_seconds: float
 
 
-def plan_levels(params: EditParams, num_levels: int) -> np.ndarray:
+def plan_levels(params: EditParams, schedule: NoiseSchedule) -> np.ndarray:
     """The levels the network is called at in one repeat (raises ValueError on bad steps)."""
-    n0 = start_level(params.t0, num_levels)
-    return strided_levels(n0, params.steps or n0)
+    n0 = start_level(params.t0, schedule.num_levels)
+    return plan_schedule_levels(schedule, n0, params.steps or n0, params.spacing)
 
 
 def max_steps(t0: float, num_levels: int) -> int:
@@ -102,7 +113,7 @@ def run_sdedit(
     if not rngs:
         raise ValueError("at least one sample (one generator) is needed")
     sampler = get_sampler(params.sampler, params.eta)
-    levels = plan_levels(params, schedule.num_levels)
+    levels = plan_levels(params, schedule)
     targets = np.append(levels[1:], 0)
     steps = len(levels)
     total_calls = steps * params.repeats
@@ -128,6 +139,7 @@ def run_sdedit(
     for repeat in range(1, params.repeats + 1):
         alpha0, sigma0 = schedule.alphas[n0], schedule.sigmas[n0]
         x = (alpha0 * current_guide + sigma0 * _normal(rngs, shape)).astype(np.float32)
+        state = INITIAL_STATE  # a new trajectory: no multistep history
         for index, (s, r) in enumerate(zip(levels, targets), start=1):
             if should_stop is not None and should_stop():
                 raise EditCancelled(f"stopped after {calls} network calls")
@@ -138,8 +150,8 @@ def run_sdedit(
             calls += 1
             c = coefficients(schedule, int(s), int(r))
             noise = _normal(rngs, shape) if sampler.needs_noise(int(r)) else None
-            out = sampler.step(x, eps, c, noise)
-            x = out.prev_sample
+            out = sampler.step(x, eps, c, noise, state)
+            x, state = out.prev_sample, out.state
             if keep is not None:
                 known = c.alpha_r * x0 + c.sigma_r * _normal(rngs, shape) if r > 0 else x0
                 x = (regen * x + keep * known).astype(np.float32)

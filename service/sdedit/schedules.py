@@ -20,6 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 SDE_TYPES = ("vp_discrete", "vp", "ve")
+# How the network's levels are spread between the start level n0 and level 1 (see plan_levels).
+SPACINGS = ("time_uniform", "logsnr_uniform", "karras")
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class NoiseSchedule:
     @property
     def num_levels(self) -> int:
         return len(self.alphas) - 1
+
+    @property
+    def log_snrs(self) -> np.ndarray:
+        """lambda_k = log(alpha_k / sigma_k), falling with k; +inf at the clean level 0."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.alphas) - np.log(self.sigmas)
 
 
 def linear_betas(timesteps: int, beta_min: float, beta_max: float) -> np.ndarray:
@@ -121,3 +130,52 @@ def strided_levels(n0: int, steps: int) -> np.ndarray:
         return np.array([n0], dtype=np.int64)
     # spacing >= 1 and round-half-up keep the levels distinct
     return np.floor(np.linspace(n0, 1, steps) + 0.5).astype(np.int64)
+
+
+def nearest_levels(log_snrs: np.ndarray, targets: np.ndarray, n0: int) -> np.ndarray:
+    """The integer levels in [1, n0] whose logSNR is nearest each target (targets falling),
+    made strictly decreasing from n0 down to 1 with as little change as possible.
+
+    Levels stay integers on purpose: a vp_discrete network is called with the DDPM index, and
+    its exact alphas and sigmas are the ones the sampler uses (no interpolated model times).
+    """
+    lam = log_snrs[1:n0 + 1]  # lam[j] is level j + 1, decreasing in j
+    ascending = lam[::-1]
+    upper = np.clip(np.searchsorted(ascending, targets), 1, len(ascending) - 1) if n0 > 1 else np.zeros(len(targets), int)
+    lower = np.maximum(upper - 1, 0)
+    pick = np.where(np.abs(ascending[upper] - targets) < np.abs(ascending[lower] - targets), upper, lower)
+    steps = len(targets)
+    index = np.arange(steps)
+    # leave room: the i-th of `steps` strictly decreasing levels in [1, n0] lies in [steps - i, n0 - i]
+    levels = np.clip(n0 - pick, steps - index, n0 - index)
+    levels[0], levels[-1] = n0, 1
+    for i in range(1, steps):  # strictly decreasing; stays within the bounds above
+        levels[i] = min(levels[i], levels[i - 1] - 1)
+    return levels.astype(np.int64)
+
+
+def logsnr_targets(lambda_start: float, lambda_end: float, steps: int, spacing: str) -> np.ndarray:
+    """`steps` logSNR values from the start level's to level 1's: uniform in lambda, or
+    Karras' rho-spacing of sigma / alpha = exp(-lambda)."""
+    if spacing == "logsnr_uniform":
+        return np.linspace(lambda_start, lambda_end, steps)
+    ramp = np.linspace(0.0, 1.0, steps)
+    s_max, s_min = np.exp(-lambda_start / KARRAS_RHO), np.exp(-lambda_end / KARRAS_RHO)
+    return -KARRAS_RHO * np.log(s_max + ramp * (s_min - s_max))
+
+
+def plan_levels(schedule: NoiseSchedule, n0: int, steps: int, spacing: str = "time_uniform") -> np.ndarray:
+    """The `steps` levels the network is called at, from n0 down to 1 (steps = n0: every level).
+
+    time_uniform: evenly spaced levels (the reference strided schedule). logsnr_uniform: the
+    levels nearest evenly spaced logSNR lambda = log(alpha / sigma), which is what
+    DPM-Solver's error analysis assumes (for VE, lambda = -log sigma is linear in t, so this
+    equals time_uniform). karras: nearest Karras et al.'s sigma spacing (rho = 7).
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    levels = strided_levels(n0, steps)
+    if spacing == "time_uniform" or steps <= 2:
+        return levels
+    lam = schedule.log_snrs
+    return nearest_levels(lam, logsnr_targets(float(lam[n0]), float(lam[1]), steps, spacing), n0)
