@@ -58,7 +58,10 @@ class Settings:
                                             "recently used beyond are freed")
     health_poll_seconds: float = setting(1.0, "how often health re-checks the backend's readiness")
     # admission and limits
-    max_concurrent_edits: int = setting(2, "edits running at once; more wait in the queue")
+    max_active_edits: int = setting(16, "edits running at once (active in the batch schedulers, which share one network "
+                                    "call per step between them); more wait in the queue. Replaces --max-concurrent-edits")
+    max_batch_images: int = setting(32, "largest network call, in images: active edits' samples beyond it wait for the "
+                                    "next step, oldest edit first; also the largest num_samples")
     max_queue: int = setting(16, "edits waiting for a slot; beyond this RESOURCE_EXHAUSTED")
     max_num_samples: int = setting(16, "largest num_samples per request")
     max_pixels: int = setting(1 << 20, "largest image, in pixels (width x height)")
@@ -94,7 +97,7 @@ class Settings:
             problems.append(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
         if self.port and self.port == self.metrics_port:
             problems.append(f"port and metrics_port are both {self.port}")
-        for name in ("max_concurrent_edits", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
+        for name in ("max_active_edits", "max_batch_images", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
                      "max_request_mib", "memory_budget_mib", "max_decodes",
                      "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):
             if getattr(self, name) < 1:

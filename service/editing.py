@@ -2,9 +2,11 @@
 event loop, encode, store.
 
 Transport-free: gRPC handlers call `edit` or `stream` with plain requests. A cache hit
-(or a duplicate of an edit in flight) never takes an admission slot. The loop runs in a
-worker thread and checks, before every network call, whether the caller cancelled or the
-deadline passed; then it stops within one step and its admission slot is freed.
+(or a duplicate of an edit in flight) never takes an admission slot. An admitted edit runs
+as a trajectory in the batch scheduler of its shape (service/batching.py), which shares one
+network call per step between every active edit of that shape and checks, before every
+call, whether each edit's caller cancelled or its deadline passed; such an edit leaves
+within one step and its admission slot is freed.
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import functools
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from service.admission import Admission
+from service.batching import BatchScheduler
 from service.cache import RequestKey, ResultCache, request_key
 from service.config import Settings, SettingsError
 from service.errors import Cancelled, DeadlineExceeded
@@ -31,7 +32,7 @@ from service.metrics import Metrics
 from service.models import LoadedModel, ModelRegistry
 from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
-from service.sdedit import EditCancelled, StepEvent, run_sdedit
+from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
 from service.validation import RequestPlan, decode_job, plan_request
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class EditService:
         self.registry = registry
         self.cache = cache
         self.baseline_bytes = rss_bytes()  # the process with its models loaded
-        self.admission = Admission(settings.max_concurrent_edits, settings.max_queue,
+        self.admission = Admission(settings.max_active_edits, settings.max_queue,
                                    edit_budget_bytes(settings, self.baseline_bytes))
         self._decodes = asyncio.Semaphore(settings.max_decodes)
         self.metrics = metrics or Metrics()
@@ -113,7 +114,9 @@ class EditService:
         self.metrics.describe_models((m.info for m in registry.all()), registry.default)
         if cache is not None:
             self.metrics.watch_cache(cache.stats)
-        self._executor = ThreadPoolExecutor(max_workers=settings.max_concurrent_edits, thread_name_prefix="sdedit-loop")
+        self._schedulers: dict[tuple, BatchScheduler] = {}
+        self._schedulers_lock = threading.Lock()
+        self.metrics.watch_active_edits(lambda: sum(s.active for s in list(self._schedulers.values())))
 
     async def edit(
         self,
@@ -123,7 +126,7 @@ class EditService:
     ) -> EditOutcome:
         """Runs one edit. deadline: time.monotonic() value, or None.
 
-        on_progress is called from the worker thread after every step.
+        on_progress is called from the batch scheduler's thread after every step.
         """
         received = time.perf_counter()
         self.admission.check_open()
@@ -140,7 +143,7 @@ class EditService:
             async def run() -> EditOutcome:
                 async with ticket.run(plan.cost.running_bytes) as queue_seconds:
                     self.metrics.admitted(queue_seconds)
-                    outcome = await self._run_in_worker(job, model, deadline, on_progress)
+                    outcome = await self._run_batched(job, model, deadline, on_progress)
                 outcome.timings.queue_seconds = queue_seconds
                 return outcome
 
@@ -190,22 +193,27 @@ class EditService:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _run_in_worker(self, job: EditJob, model: LoadedModel, deadline: float | None,
-                             on_progress: ProgressCallback | None) -> EditOutcome:
-        stop = threading.Event()
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._run_loop, job, model, stop, deadline, on_progress)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            stop.set()  # the loop notices before its next network call
-            with contextlib.suppress(BaseException):
-                await future  # hold the slot until the worker has really stopped
-            raise
+    def scheduler(self, model: LoadedModel, shape: tuple[int, ...]) -> BatchScheduler:
+        """The batch scheduler of one (model, channels, height, width): edits of that shape
+        share one network call per step (service/batching.py)."""
+        key = (model.info.name, *shape)
+        with self._schedulers_lock:
+            scheduler = self._schedulers.get(key)
+            if scheduler is None:
+                limit = self.settings.max_batch_images
+                if model.info.max_batch_size:  # Triton's config bounds one call too
+                    limit = min(limit, model.info.max_batch_size)
+                scheduler = BatchScheduler("x".join(map(str, key)), self.metrics.timed_network(model.info.name, model.backend.predict_eps),
+                                           limit, on_tick=self.metrics.batch_tick)
+                self._schedulers[key] = scheduler
+            return scheduler
 
-    def _run_loop(self, job: EditJob, model: LoadedModel, stop: threading.Event, deadline: float | None,
-                  on_progress: ProgressCallback | None) -> EditOutcome:
+    async def _run_batched(self, job: EditJob, model: LoadedModel, deadline: float | None,
+                           on_progress: ProgressCallback | None) -> EditOutcome:
+        """Runs the edit in its shape's batch scheduler; a cancelled or timed-out edit leaves
+        before the scheduler's next network call, and its admission slot is held until then."""
         started = time.perf_counter()
+        stop = threading.Event()
         timed_out = False
 
         def should_stop() -> bool:
@@ -223,19 +231,30 @@ class EditService:
             on_progress(ProgressUpdate(event.repeat, event.repeats, event.step, event.steps, event.network_calls,
                                        event.total_network_calls, time.perf_counter() - started, previews))
 
-        rngs = [np.random.default_rng(seed) for seed in job.seeds]
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)
+        trajectory = await asyncio.to_thread(self._trajectory, job, model)
+        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step))
         try:
-            eps_fn = self.metrics.timed_network(  # the deadline bounds remote calls too
-                model.info.name, functools.partial(model.backend.predict_eps, deadline=deadline))
-            result = run_sdedit(eps_fn, model.schedule, job.guide, job.mask, job.params, rngs,
-                                on_step=on_step, should_stop=should_stop)
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            stop.set()  # the scheduler drops the edit before its next network call
+            with contextlib.suppress(BaseException):
+                await future  # hold the slot until the edit has really left
+            raise
         except EditCancelled as exc:
             if timed_out:
                 raise DeadlineExceeded(f"deadline exceeded: {exc}") from exc
             raise Cancelled(f"cancelled: {exc}") from exc
         sde_seconds = time.perf_counter() - started
+        return await asyncio.to_thread(self._outcome, job, model, result, sde_seconds)
+
+    @staticmethod
+    def _trajectory(job: EditJob, model: LoadedModel) -> EditTrajectory:
+        rngs = [np.random.default_rng(seed) for seed in job.seeds]
+        return EditTrajectory(model.schedule, job.guide, job.mask, job.params, rngs)
+
+    def _outcome(self, job: EditJob, model: LoadedModel, result: EditResult, sde_seconds: float) -> EditOutcome:
         encode_started = time.perf_counter()
         images = [self._encode(sample, job, seed) for sample, seed in zip(result.samples, job.seeds)]
         timings = StageTimings(sde_seconds=sde_seconds, network_seconds=result.network_seconds,
@@ -257,5 +276,8 @@ class EditService:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._schedulers_lock:
+            schedulers, self._schedulers = list(self._schedulers.values()), {}
+        for scheduler in schedulers:
+            scheduler.close()
         self.registry.close()

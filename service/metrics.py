@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from service.admission import Admission
     from service.backends.base import ModelInfo
+    from service.batching import TickStats
     from service.cache import CacheStats
     from service.requests import EditOutcome
 
@@ -97,13 +98,22 @@ class Metrics:
         self.network_batch_size = Histogram("sdedit_network_batch_size", "samples per score-network call",
                                             ("model",), buckets=BATCH_BUCKETS, registry=r)
         self.samples_total = Counter("sdedit_samples", "output images produced by completed edits", ("model",), registry=r)
+        self.network_busy_seconds_total = Counter("sdedit_network_busy_seconds", "seconds spent in score-network calls "
+                                                  "(rate() is the network's busy fraction, per scheduler thread)", registry=r)
+        self.batch_edits = Histogram("sdedit_batch_edits", "edits sharing one network call (step-level batching)",
+                                     buckets=BATCH_BUCKETS, registry=r)
+        self.batch_tick_cpu_seconds = Histogram("sdedit_batch_tick_cpu_seconds", "CPU seconds of one batch tick "
+                                                "outside the network (inputs, every edit's step, progress)",
+                                                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=r)
+        self.active_edits = Gauge("sdedit_active_edits", "edits in the batch schedulers now (running, sharing calls)",
+                                  registry=r)
         self.backend_errors_total = Counter("sdedit_backend_errors", "failed score-network calls, by kind",
                                             ("model", "kind"), registry=r)
 
         # admission (read at scrape time)
         self.edits_in_flight = Gauge("sdedit_edits_in_flight", "admitted edits not yet finished (running or queued)", registry=r)
         self.queue_depth = Gauge("sdedit_queue_depth", "admitted edits waiting for a slot", registry=r)
-        self.edit_slots = Gauge("sdedit_edit_slots", "edits that can run at once (max_concurrent_edits)", registry=r)
+        self.edit_slots = Gauge("sdedit_edit_slots", "edits that can run at once (max_active_edits)", registry=r)
         self.queue_capacity = Gauge("sdedit_queue_capacity", "edits that may wait for a slot (max_queue)", registry=r)
         self.memory_budget_bytes = Gauge("sdedit_memory_budget_bytes", "memory admission may give to edits "
                                          "(memory_budget_mib less the process at start-up and a headroom)", registry=r)
@@ -185,6 +195,15 @@ class Metrics:
             return eps
 
         return timed
+
+    def batch_tick(self, stats: TickStats) -> None:
+        """One scheduler tick (service/batching.py): its images are counted by timed_network."""
+        self.network_busy_seconds_total.inc(stats.network_seconds)
+        self.batch_edits.observe(stats.edits)
+        self.batch_tick_cpu_seconds.observe(stats.cpu_seconds)
+
+    def watch_active_edits(self, count: Callable[[], int]) -> None:
+        self.active_edits.set_function(count)
 
     def edit_finished(self, outcome: EditOutcome) -> None:
         model, t = outcome.model.name, outcome.timings

@@ -138,6 +138,9 @@ def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, b
         if mask_size != (width, height):
             raise InvalidArgument("mask", f"size {mask_size[0]}x{mask_size[1]} differs from the image's {width}x{height}")
     num_samples = req.num_samples or 1
+    if num_samples > settings.max_batch_images:
+        raise InvalidArgument("num_samples", f"must be at most max_batch_images ({settings.max_batch_images}): an edit's "
+                                             f"samples run in one network call, got {num_samples}")
     request_bytes = len(req.image) + len(req.mask)
     cost_info = info if in_process_network else dataclasses.replace(info, memory_bytes_per_pixel=0.0, attention_downsample=0)
     cost = request_cost(cost_info, width, height, num_samples, req.output_format, request_bytes)

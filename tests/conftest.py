@@ -43,7 +43,7 @@ def oracle_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(oracle_repository):
     """A shared in-process server (default model: gauss). Tests must not change its state."""
-    running = InProcessServer(test_settings(oracle_repository, default_model="gauss", max_concurrent_edits=2))
+    running = InProcessServer(test_settings(oracle_repository, default_model="gauss", max_active_edits=2))
     yield running
     running.stop()
 

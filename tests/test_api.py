@@ -91,7 +91,7 @@ def test_mask_conditions_the_regenerated_region(server):
 @pytest.fixture(scope="module")
 def uncached_server(oracle_repository):
     """A server of this module's own with no result cache: every edit is computed."""
-    running = InProcessServer(server_settings(oracle_repository, default_model="gauss", max_concurrent_edits=2, cache="none"))
+    running = InProcessServer(server_settings(oracle_repository, default_model="gauss", max_active_edits=2, cache="none"))
     yield running
     running.stop()
 
@@ -358,7 +358,7 @@ def test_deadline_stops_the_loop_and_frees_the_slot(make_server, guide16):
 
 def test_full_queue_answers_resource_exhausted(make_server, guide16):
     wrap = counting(delay=0.02)
-    srv = make_server(wrap_model=wrap, max_concurrent_edits=1, max_queue=1)
+    srv = make_server(wrap_model=wrap, max_active_edits=1, max_queue=1)
     results: list = [None] * 4
 
     def send(i: int) -> None:

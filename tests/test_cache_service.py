@@ -95,7 +95,7 @@ def test_a_cache_hit_in_stream_edit_sends_just_the_result(cached_server, guide16
 def test_a_cache_hit_needs_no_admission_slot(make_server, guide16):
     """With the only slot busy and no queue, a hit is still answered (a miss would be refused)."""
     wrap = counting(delay=0.05)
-    srv = make_server(wrap_model=wrap, max_concurrent_edits=1, max_queue=0)
+    srv = make_server(wrap_model=wrap, max_active_edits=1, max_queue=0)
     hit = build_request(png(guide16), t0=0.5, steps=2, seed=1)
     edit(srv.address, hit)
     busy = threading.Thread(target=edit, args=(srv.address, build_request(png(guide16), t0=0.5, steps=40, seed=2)))
@@ -280,7 +280,7 @@ def test_every_redis_key_has_a_ttl_and_no_value_is_a_pickle(make_server, redis_s
 
 def test_redis_killed_under_load_fails_no_edit_and_caching_resumes_when_it_returns(make_server, redis_server,
                                                                                    guide16, caplog):
-    srv = make_server(cache="redis", redis_url=redis_server.url, max_concurrent_edits=2)
+    srv = make_server(cache="redis", redis_url=redis_server.url, max_active_edits=2)
     cache = srv.service.cache
     done: list = []
     errors: list = []

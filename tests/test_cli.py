@@ -80,7 +80,7 @@ def guide(side: int) -> np.ndarray:
 
 def test_sigterm_drains_in_flight_edits_then_exits_zero(serve):
     grace = 30.0
-    server = serve("--grace-seconds", str(grace), "--max-concurrent-edits", "2")
+    server = serve("--grace-seconds", str(grace), "--max-active-edits", "2")
     request = build_request(png(guide(128)), t0=1.0, full_schedule=True, repeats=3, seed=1)  # 3,000 network calls
     results: list = []
     running = [threading.Event(), threading.Event()]

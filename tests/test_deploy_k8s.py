@@ -302,8 +302,8 @@ def test_the_autoscaler_follows_edits_in_flight_not_cpu(rendered):
     pods_metric = hpa["spec"]["metrics"][0]["pods"]
     assert pods_metric["metric"]["name"] == "sdedit_edits_in_flight"
     # the target is the pod's edit slots: above it edits queue; it must be reachable (slots + queue)
-    assert int(pods_metric["target"]["averageValue"]) == settings.max_concurrent_edits
-    assert settings.max_concurrent_edits < settings.max_concurrent_edits + settings.max_queue
+    assert int(pods_metric["target"]["averageValue"]) == settings.max_active_edits
+    assert settings.max_active_edits < settings.max_active_edits + settings.max_queue
     assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     assert "replicas" not in rendered.get("Deployment", "sdedit")["spec"]  # the HPA owns it
 

@@ -167,7 +167,7 @@ def peak_rss_mib(pid: int) -> float:
 def test_fuzzing_the_grpc_surface_gets_no_unknown_and_no_internal(oracle_repository, tmp_path, request):
     count = request.config.getoption("--fuzz-requests")
     server = ServeProcess(oracle_repository, "--default-model", "gauss", "--memory-budget-mib", str(BUDGET_MIB),
-                          "--max-queue", "64", "--max-concurrent-edits", "2", log_path=tmp_path / "serve.log")
+                          "--max-queue", "64", "--max-active-edits", "2", log_path=tmp_path / "serve.log")
     try:
         server.wait_serving(60)
         fuzzer = Fuzzer(SEED)

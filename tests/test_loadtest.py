@@ -108,7 +108,7 @@ def test_open_loop_latency_includes_the_wait_to_be_sent(make_server):
     before k earlier edits finished, so its latency from its intended send time is at least
     (k + 1) S - k / R. Measured from the actual send it would stay near S."""
     delay, steps, rate, count = 0.02, 5, 50.0, 10
-    srv = make_server(wrap_model=counting(delay=delay), max_concurrent_edits=1)
+    srv = make_server(wrap_model=counting(delay=delay), max_active_edits=1)
     report, _ = asyncio.run(run_loadtest(LoadPlan(address=srv.address, rate=rate, concurrency=1, requests=count),
                                          RequestOptions(steps=steps), SLO()))
     validate_report(report)
@@ -126,7 +126,7 @@ def test_open_loop_records_keep_their_schedule(make_server):
     from service.loadtest.workload import pick_model
 
     delay, steps, rate, count = 0.02, 5, 50.0, 8
-    srv = make_server(wrap_model=counting(delay=delay), max_concurrent_edits=1)
+    srv = make_server(wrap_model=counting(delay=delay), max_active_edits=1)
 
     async def run():
         async with open_channel(srv.address) as channel:

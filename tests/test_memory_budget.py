@@ -45,7 +45,7 @@ def noisy_png(width: int, height: int, channels: int) -> bytes:
 @pytest.fixture(scope="module")
 def budgeted_server(tmp_path_factory):
     server = ServeProcess(PROJECT_ROOT / "model_repository", "--memory-budget-mib", str(BUDGET_MIB), "--cache", "none",
-                          "--max-concurrent-edits", "1", log_path=tmp_path_factory.mktemp("logs") / "serve.log")
+                          "--max-active-edits", "1", log_path=tmp_path_factory.mktemp("logs") / "serve.log")
     try:
         server.wait_serving(120)
         yield server

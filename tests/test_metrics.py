@@ -199,7 +199,7 @@ def test_promtool_catches_a_badly_named_metric():
 
 def test_in_flight_and_queue_depth_gauges_are_live(make_server, guide16):
     wrap = counting(delay=0.03)
-    srv = make_server(wrap_model=wrap, max_concurrent_edits=1, max_queue=4, metrics_port=0)
+    srv = make_server(wrap_model=wrap, max_active_edits=1, max_queue=4, metrics_port=0)
     port = srv.running.metrics_port
     assert value(scrape(port), "sdedit_edit_slots") == 1 and value(scrape(port), "sdedit_queue_capacity") == 4
 

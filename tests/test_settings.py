@@ -31,7 +31,7 @@ def test_flags_win_over_environment_over_defaults():
     (dict(argv=("--port", "seventy")), "--port: expected int"),
     (dict(env={"SDEDIT_GRACE_SECONDS": "soon"}), "SDEDIT_GRACE_SECONDS: expected float"),
     (dict(argv=("--port", "9000", "--metrics-port", "9000")), "both 9000"),
-    (dict(argv=("--max-concurrent-edits", "0")), "max_concurrent_edits must be >= 1"),
+    (dict(argv=("--max-active-edits", "0")), "max_active_edits must be >= 1"),
     (dict(argv=("--backend", "tensorflow")), "backend must be one of"),
     (dict(argv=("--port", "70000")), "port must be in"),
     (dict(argv=("--cache", "memcached")), "cache must be one of memory, redis, none"),

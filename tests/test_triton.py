@@ -135,10 +135,10 @@ def _predict(model: TritonScoreModel, width: int, batch: int = 1) -> None:
 
 def test_idle_region_sets_are_freed_after_the_idle_limit(parity_repository, triton):
     connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True,
-                                                    triton_shm_idle_seconds=0.5), parity_repository)
+                                                    triton_shm_idle_seconds=0.5, max_batch_images=1), parity_repository)
     pool, prefix = connection.shm, connection.shm.prefix
     try:
-        for width in (16, 24, 32):  # each larger than the last: one set each
+        for width in (16, 24, 32):  # each larger than the last (sets sized for batch 1): one set each
             _predict(model, width)
         held = pool.region_names()
         assert len(held) == 9 and shm_files(prefix) == held == triton_regions(connection.client, prefix)
@@ -155,7 +155,7 @@ def test_idle_region_sets_are_freed_after_the_idle_limit(parity_repository, trit
 
 def test_the_pool_keeps_at_most_its_bound_of_idle_sets(parity_repository, triton):
     connection, model = _shm_models(triton_settings(parity_repository, triton.url, shm=True, triton_shm_max_idle_sets=1,
-                                                    triton_shm_idle_seconds=0), parity_repository)  # never by age
+                                                    triton_shm_idle_seconds=0, max_batch_images=1), parity_repository)  # never by age
     pool, prefix = connection.shm, connection.shm.prefix
     try:
         for width in (16, 24, 32):

@@ -111,8 +111,9 @@ class ShmPool:
             self._reaper.start()
 
     @contextlib.contextmanager
-    def lease(self, x_bytes: int, t_bytes: int) -> Iterator[RegionSet]:
-        """A registered set with room for x_bytes and t_bytes, this call's alone until it returns."""
+    def lease(self, x_bytes: int, t_bytes: int, x_capacity: int = 0, t_capacity: int = 0) -> Iterator[RegionSet]:
+        """A registered set with room for x_bytes and t_bytes, this call's alone until it returns;
+        a new set is made with room for x_capacity and t_capacity (a full batch), if larger."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the shared-memory pool is closed")
@@ -124,7 +125,7 @@ class ShmPool:
             generation = self._generation
             name = f"{self.prefix}{next(self._ids)}_"
         if regions is None:
-            regions = RegionSet(self.client, name, x_bytes, t_bytes, self.timeout)
+            regions = RegionSet(self.client, name, max(x_bytes, x_capacity), max(t_bytes, t_capacity), self.timeout)
         with self._lock:
             self._leased.add(regions)
         healthy = False

@@ -56,6 +56,7 @@ class TritonConnection:
         self.url = settings.triton_url
         self.timeout = settings.triton_timeout_seconds
         self.retry_seconds = settings.triton_retry_seconds
+        self.max_batch_images = settings.max_batch_images  # shared-memory sets are sized for a full batch
         limit = settings.max_message_mib * 1024 * 1024
         self.client = grpcclient.InferenceServerClient(self.url, channel_args=[
             ("grpc.max_send_message_length", limit),
@@ -144,7 +145,12 @@ class TritonConnection:
             inputs[1].set_data_from_numpy(t)
             result = self.client.infer(info.name, inputs, outputs=[output], client_timeout=timeout)
             return result.as_numpy(info.output_name)
-        with self.shm.lease(x.nbytes, t.nbytes) as regions:
+        # Sized for the largest batch this model is sent (the batch scheduler's calls grow and
+        # shrink as edits join and leave): one set per shape serves every batch, not one per size.
+        full = min(self.max_batch_images, info.max_batch_size or self.max_batch_images)
+        per_image = max(1, len(x))
+        with self.shm.lease(x.nbytes, t.nbytes, x.nbytes // per_image * max(full, len(x)),
+                            t.nbytes // per_image * max(full, len(x))) as regions:
             regions.write("x", x)
             regions.write("t", t)
             inputs[0].set_shared_memory(regions.names["x"], x.nbytes)

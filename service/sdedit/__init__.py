@@ -5,7 +5,7 @@ schedule has x_k = alpha_k * x_0 + sigma_k * eps. Level 0 is the clean image (al
 sigma = 0); levels 1..N are the network's timesteps. The network predicts eps.
 """
 
-from service.sdedit.engine import EditCancelled, EditParams, EditResult, StepEvent, run_sdedit
+from service.sdedit.engine import EditCancelled, EditParams, EditResult, EditTrajectory, StepEvent, run_sdedit
 from service.sdedit.samplers import SAMPLERS, Sampler, get_sampler
 from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
 
@@ -21,6 +21,7 @@ __all__ = [
     "EditCancelled",
     "EditParams",
     "EditResult",
+    "EditTrajectory",
     "NoiseSchedule",
     "SDESpec",
     "Sampler",

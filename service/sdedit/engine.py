@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.sdedit.samplers import INITIAL_STATE, coefficients, get_sampler
+from service.sdedit.samplers import INITIAL_STATE, SamplerState, coefficients, get_sampler
 from service.sdedit.schedules import NoiseSchedule, start_level
 from service.sdedit.schedules import plan_levels as plan_schedule_levels
 
@@ -90,6 +90,104 @@ def _normal(rngs: Sequence[np.random.Generator], shape: tuple[int, ...]) -> np.n
     return np.stack([rng.standard_normal(shape, dtype=np.float32) for rng in rngs])
 
 
+class EditTrajectory:
+    """One edit's whole state, explicit: its samples now, its levels and position in them, its
+    sampler's history, its generators, its mask and its repeat. A pure state machine over
+    (state, network output): `network_input()` says what the network must see next,
+    `advance(eps)` applies the step to the network's answer. run_sdedit drives one alone; the
+    batch scheduler (service/batching.py) drives many with one network call per step.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, guide: np.ndarray, mask: np.ndarray | None, params: EditParams,
+                 rngs: Sequence[np.random.Generator]):
+        if not 0.0 < params.t0 <= 1.0:
+            raise ValueError(f"t0 must be in (0, 1], got {params.t0}")
+        if params.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {params.repeats}")
+        if not rngs:
+            raise ValueError("at least one sample (one generator) is needed")
+        self.schedule = schedule
+        self.params = params
+        self.rngs = list(rngs)
+        self.sampler = get_sampler(params.sampler, params.eta)
+        self.levels = plan_levels(params, schedule)
+        self.targets = np.append(self.levels[1:], 0)
+        self.steps = len(self.levels)
+        self.total_calls = self.steps * params.repeats
+        self.batch = len(self.rngs)
+        x0 = guide.astype(np.float32)
+        x0 = x0[None] if x0.ndim == 3 else x0  # [1 or B, C, H, W]
+        if x0.ndim != 4 or x0.shape[0] not in (1, self.batch):
+            raise ValueError(f"guide must be [C, H, W] or [{self.batch}, C, H, W], got {guide.shape}")
+        self.x0 = x0
+        self.regen = self.keep = None
+        if mask is not None:
+            m = mask.astype(np.float32)
+            self.regen = (m[None] if m.ndim == 2 else m)[:, None]  # [1 or B, 1, H, W]
+            if self.regen.shape[0] not in (1, self.batch) or self.regen.shape[2:] != x0.shape[2:]:
+                raise ValueError(f"mask must be [H, W] or [{self.batch}, H, W] matching the guide, got {mask.shape}")
+            self.keep = 1.0 - self.regen
+        self.shape = x0.shape[1:]
+        self.guide = np.broadcast_to(x0, (self.batch, *self.shape))  # the current repeat's guide
+        self.repeat = 1  # 1-based
+        self.index = 0  # 0-based position in levels
+        self.network_calls = 0
+        self.done = False
+        self.state: SamplerState = INITIAL_STATE
+        self.x = self._start()
+
+    def _normal(self) -> np.ndarray:
+        return _normal(self.rngs, self.shape)
+
+    def _start(self) -> np.ndarray:
+        """The guide noised to the start level: a new repeat, a new trajectory (no history)."""
+        n0 = int(self.levels[0])
+        self.state = INITIAL_STATE
+        return (self.schedule.alphas[n0] * self.guide + self.schedule.sigmas[n0] * self._normal()).astype(np.float32)
+
+    def network_input(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x [B, C, H, W], t [B]): what the network is called with for the next step."""
+        if self.done:
+            raise RuntimeError("the trajectory is finished")
+        s = int(self.levels[self.index])
+        return self.x, np.full(self.batch, self.schedule.model_times[s], dtype=np.float32)
+
+    def advance(self, eps: np.ndarray) -> StepEvent:
+        """Applies one step to the network's answer eps (like x) at network_input()."""
+        s, r = int(self.levels[self.index]), int(self.targets[self.index])
+        self.network_calls += 1
+        c = coefficients(self.schedule, s, r)
+        noise = self._normal() if self.sampler.needs_noise(r) else None
+        out = self.sampler.step(self.x, np.asarray(eps, dtype=np.float32), c, noise, self.state)
+        x, self.state = out.prev_sample, out.state
+        if self.keep is not None:
+            known = c.alpha_r * self.x0 + c.sigma_r * self._normal() if r > 0 else self.x0
+            x = (self.regen * x + self.keep * known).astype(np.float32)
+        step = self.index + 1
+        preview = self.params.preview_every and (step % self.params.preview_every == 0 or step == self.steps)
+        event = StepEvent(self.repeat, self.params.repeats, step, self.steps, self.network_calls, self.total_calls,
+                          out.pred_original_sample if preview else None)
+        self.index += 1
+        if self.index == self.steps:  # the repeat ends
+            if self.keep is not None:
+                x = np.where(self.keep > 0, self.x0, x).astype(np.float32)  # bit-exact kept region
+            self.guide = x
+            if self.repeat == self.params.repeats:
+                self.done = True
+            else:
+                self.repeat += 1
+                self.index = 0
+                x = self._start()
+        self.x = x
+        return event
+
+    def result(self, network_seconds: float = 0.0) -> EditResult:
+        if not self.done:
+            raise RuntimeError("the trajectory is not finished")
+        return EditResult(samples=np.ascontiguousarray(self.guide), network_calls=self.network_calls,
+                          network_seconds=network_seconds)
+
+
 def run_sdedit(
     eps_fn: EpsFn,
     schedule: NoiseSchedule,
@@ -100,66 +198,22 @@ def run_sdedit(
     on_step: Callable[[StepEvent], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> EditResult:
-    """Runs SDEdit for len(rngs) samples of one guide.
+    """Runs SDEdit for len(rngs) samples of one guide, alone (one trajectory, its own calls).
 
     guide: float32 [C, H, W] in [-1, 1], or [B, C, H, W] (one guide per sample).
     mask: float [H, W] or [B, H, W], 1 = regenerate; or None.
     eps_fn(x [B, C, H, W], t [B]) -> eps [B, C, H, W].
     """
-    if not 0.0 < params.t0 <= 1.0:
-        raise ValueError(f"t0 must be in (0, 1], got {params.t0}")
-    if params.repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {params.repeats}")
-    if not rngs:
-        raise ValueError("at least one sample (one generator) is needed")
-    sampler = get_sampler(params.sampler, params.eta)
-    levels = plan_levels(params, schedule)
-    targets = np.append(levels[1:], 0)
-    steps = len(levels)
-    total_calls = steps * params.repeats
-    n0 = int(levels[0])
-
-    batch = len(rngs)
-    x0 = guide.astype(np.float32)
-    x0 = x0[None] if x0.ndim == 3 else x0  # [1 or B, C, H, W]
-    if x0.ndim != 4 or x0.shape[0] not in (1, batch):
-        raise ValueError(f"guide must be [C, H, W] or [{batch}, C, H, W], got {guide.shape}")
-    regen = keep = None
-    if mask is not None:
-        m = mask.astype(np.float32)
-        regen = (m[None] if m.ndim == 2 else m)[:, None]  # [1 or B, 1, H, W]
-        if regen.shape[0] not in (1, batch) or regen.shape[2:] != x0.shape[2:]:
-            raise ValueError(f"mask must be [H, W] or [{batch}, H, W] matching the guide, got {mask.shape}")
-        keep = 1.0 - regen
-    shape = x0.shape[1:]
-    current_guide = np.broadcast_to(x0, (batch, *shape))
-    calls = 0
+    trajectory = EditTrajectory(schedule, guide, mask, params, rngs)
     network_seconds = 0.0
-
-    for repeat in range(1, params.repeats + 1):
-        alpha0, sigma0 = schedule.alphas[n0], schedule.sigmas[n0]
-        x = (alpha0 * current_guide + sigma0 * _normal(rngs, shape)).astype(np.float32)
-        state = INITIAL_STATE  # a new trajectory: no multistep history
-        for index, (s, r) in enumerate(zip(levels, targets), start=1):
-            if should_stop is not None and should_stop():
-                raise EditCancelled(f"stopped after {calls} network calls")
-            t = np.full(batch, schedule.model_times[s], dtype=np.float32)
-            started = time.perf_counter()
-            eps = np.asarray(eps_fn(x, t), dtype=np.float32)
-            network_seconds += time.perf_counter() - started
-            calls += 1
-            c = coefficients(schedule, int(s), int(r))
-            noise = _normal(rngs, shape) if sampler.needs_noise(int(r)) else None
-            out = sampler.step(x, eps, c, noise, state)
-            x, state = out.prev_sample, out.state
-            if keep is not None:
-                known = c.alpha_r * x0 + c.sigma_r * _normal(rngs, shape) if r > 0 else x0
-                x = (regen * x + keep * known).astype(np.float32)
-            if on_step is not None:
-                preview = params.preview_every and (index % params.preview_every == 0 or index == steps)
-                on_step(StepEvent(repeat, params.repeats, index, steps, calls, total_calls,
-                                  out.pred_original_sample if preview else None))
-        if keep is not None:
-            x = np.where(keep > 0, x0, x).astype(np.float32)  # bit-exact kept region
-        current_guide = x
-    return EditResult(samples=np.ascontiguousarray(current_guide), network_calls=calls, network_seconds=network_seconds)
+    while not trajectory.done:
+        if should_stop is not None and should_stop():
+            raise EditCancelled(f"stopped after {trajectory.network_calls} network calls")
+        x, t = trajectory.network_input()
+        started = time.perf_counter()
+        eps = eps_fn(x, t)
+        network_seconds += time.perf_counter() - started
+        event = trajectory.advance(eps)
+        if on_step is not None:
+            on_step(event)
+    return trajectory.result(network_seconds)

@@ -1,0 +1,222 @@
+"""Step-level batching (service/batching.py): edits of one shape share one network call per
+step, and a sample's output does not depend on the batch it ran in."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from service.backends.onnx import OnnxScoreModel
+from service.batching import BatchScheduler, TickStats
+from service.client import Client, build_request
+from service.config import PROJECT_ROOT
+from service.imaging import decode_npy
+from service.sdedit import EditCancelled, EditParams, EditTrajectory, build_schedule, run_sdedit
+from tests.conftest import png
+from tests.metrics_scrape import scrape, value
+
+# Mixed requests in one batch: t0, steps, samplers, spacings, masks, repeats and sample counts.
+MIXED = [
+    (EditParams(t0=0.5, steps=7, sampler="ddpm"), False, 1),
+    (EditParams(t0=0.3, steps=4, sampler="ddim"), True, 2),
+    (EditParams(t0=0.8, steps=9, sampler="dpmpp_2m_sde", spacing="logsnr_uniform", repeats=2), True, 1),
+    (EditParams(t0=0.6, steps=5, sampler="dpmpp_2m", spacing="karras"), False, 3),
+    (EditParams(t0=0.4, steps=3, sampler="ddim", eta=0.5, repeats=3), False, 1),
+    (EditParams(t0=1.0, steps=6, sampler="dpmpp_2m_sde"), True, 2),
+]
+
+
+def trajectories(model: OnnxScoreModel, seed: int = 0) -> list[EditTrajectory]:
+    info = model.info
+    rng = np.random.default_rng(seed)
+    schedule = build_schedule(info.sde)
+    built = []
+    for index, (params, masked, samples) in enumerate(MIXED):
+        guide = rng.uniform(-1, 1, (info.channels, info.height, info.width)).astype(np.float32)
+        mask = (rng.random((info.height, info.width)) < 0.5).astype(np.float32) if masked else None
+        rngs = [np.random.default_rng(1000 * index + k) for k in range(samples)]
+        built.append(EditTrajectory(schedule, guide, mask, params, rngs))
+    return built
+
+
+def alone(model: OnnxScoreModel, trajectory: EditTrajectory) -> np.ndarray:
+    while not trajectory.done:
+        trajectory.advance(model.predict_eps(*trajectory.network_input()))
+    return trajectory.result().samples
+
+
+def batched(model: OnnxScoreModel, built: list[EditTrajectory], max_batch: int = 64) -> tuple[list[np.ndarray], list[TickStats]]:
+    ticks: list[TickStats] = []
+    scheduler = BatchScheduler("test", model.predict_eps, max_batch, on_tick=ticks.append)
+    try:
+        futures = [scheduler.submit(t) for t in built]
+        return [f.result(60).samples for f in futures], ticks
+    finally:
+        scheduler.close()
+
+
+@pytest.fixture(scope="module")
+def gauss(oracle_repository) -> OnnxScoreModel:
+    return OnnxScoreModel(oracle_repository / "gauss")
+
+
+@pytest.fixture(scope="module")
+def digits() -> OnnxScoreModel:
+    return OnnxScoreModel(PROJECT_ROOT / "model_repository" / "digits")
+
+
+def test_the_trajectory_alone_is_run_sdedit(gauss):
+    """The state machine the scheduler drives is the engine's own loop, bit for bit."""
+    for index, trajectory in enumerate(trajectories(gauss)):
+        params, masked, samples = MIXED[index]
+        fresh = trajectories(gauss)[index]
+        expected = run_sdedit(gauss.predict_eps, fresh.schedule, fresh.x0[0], None if not masked else fresh.regen[0, 0],
+                              params, [np.random.default_rng(1000 * index + k) for k in range(samples)]).samples
+        np.testing.assert_array_equal(alone(gauss, trajectory), expected)
+
+
+def test_mixed_edits_batched_are_bit_identical_to_each_alone_on_an_exact_score_model(gauss):
+    solo = [alone(gauss, t) for t in trajectories(gauss)]
+    together, ticks = batched(gauss, trajectories(gauss))
+    for a, b in zip(solo, together):
+        np.testing.assert_array_equal(a, b)
+    total_calls = sum(p.steps * p.repeats for p, _, _ in MIXED)
+    assert len(ticks) < total_calls / 2  # calls were shared
+    assert max(t.edits for t in ticks) == len(MIXED) and max(t.images for t in ticks) == sum(n for _, _, n in MIXED)
+
+
+def test_mixed_edits_batched_match_each_alone_on_the_unet_within_1e_4(digits):
+    solo = [alone(digits, t) for t in trajectories(digits)]
+    together, _ = batched(digits, trajectories(digits))
+    worst = max(float(np.max(np.abs(a - b))) for a, b in zip(solo, together))
+    assert worst <= 1e-4, worst
+
+
+def test_edits_beyond_the_batch_wait_oldest_first_and_all_finish(gauss):
+    """max_batch_images 3: six single-sample edits of 2, 6, 3, 5, 4 and 1 calls. Oldest first:
+    0, 1, 2 run; 0 leaves after tick 2 and 3 joins; 2 leaves after tick 3 and 4 joins; 1 leaves
+    after tick 6 and 5, the newest, joins: 21 calls in 7 full ticks, none starves."""
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+    lengths = [2, 6, 3, 5, 4, 1]
+    built = [EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=n, sampler="ddim"), [np.random.default_rng(i)])
+             for i, n in enumerate(lengths)]
+    ticks: list[TickStats] = []
+    finished: list[int] = []
+    scheduler = BatchScheduler("fair", gauss.predict_eps, 3, on_tick=ticks.append)
+    try:
+        with scheduler._wake:  # every edit is queued before the first tick chooses
+            futures = [scheduler.submit(t) for t in built]
+            for i, f in enumerate(futures):
+                f.add_done_callback(lambda _, i=i: finished.append(i))
+        assert [f.result(30).network_calls for f in futures] == lengths
+    finally:
+        scheduler.close()
+    assert [t.images for t in ticks] == [3] * 7
+    assert finished[:3] == [0, 2, 1] and sorted(finished[3:]) == [3, 4, 5]
+
+
+def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss):
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+    long = EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=50, sampler="ddpm"), [np.random.default_rng(1)])
+    other = EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=20, sampler="ddpm"), [np.random.default_rng(2)])
+    stop = threading.Event()
+
+    def slow(x, t):
+        time.sleep(0.01)
+        return gauss.predict_eps(x, t)
+
+    scheduler = BatchScheduler("cancel", slow, 8)
+    try:
+        cancelled = scheduler.submit(long, should_stop=stop.is_set)
+        kept = scheduler.submit(other)
+        while long.network_calls < 3:
+            time.sleep(0.001)
+        stop.set()
+        with pytest.raises(EditCancelled):
+            cancelled.result(10)
+        calls_when_stopped = long.network_calls
+        assert kept.result(10).network_calls == 20
+        assert long.network_calls == calls_when_stopped <= 5  # it made no call after it left
+    finally:
+        scheduler.close()
+
+
+def test_a_failing_network_call_fails_every_edit_in_it(gauss):
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+
+    def broken(x, t):
+        raise RuntimeError("the network is gone")
+
+    scheduler = BatchScheduler("broken", broken, 8)
+    try:
+        futures = [scheduler.submit(EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=3), [np.random.default_rng(i)]))
+                   for i in range(3)]
+        for f in futures:
+            with pytest.raises(RuntimeError, match="gone"):
+                f.result(10)
+    finally:
+        scheduler.close()
+
+
+def npy_edit(address: str, request) -> np.ndarray:
+    with Client(address) as client:
+        response = client.edit(request, timeout=120)
+    assert not response.cached
+    return np.stack([decode_npy(image.data) for image in response.images])
+
+
+def concurrent_requests(guide: np.ndarray) -> list:
+    return [build_request(png(guide), t0=0.3 + 0.05 * i, steps=8 + i, seed=100 + i, num_samples=1 + i % 3, npy=True,
+                          sampler=("ddpm", "ddim", "dpmpp_2m_sde", "dpmpp_2m")[i % 4]) for i in range(12)]
+
+
+def test_concurrent_edits_through_the_service_share_calls_and_equal_their_solo_runs(make_server, guide16):
+    server = make_server(cache="none", metrics_port=0, max_active_edits=16)
+    requests = concurrent_requests(guide16)
+    solo = [npy_edit(server.address, r) for r in requests]
+    before = scrape(server.running.metrics_port)
+    with ThreadPoolExecutor(len(requests)) as pool:
+        together = list(pool.map(lambda r: npy_edit(server.address, r), requests))
+    for a, b in zip(solo, together):
+        np.testing.assert_array_equal(a, b)
+    after = scrape(server.running.metrics_port)
+    calls = (value(after, "sdedit_network_batch_size_count", model="gauss") - value(before, "sdedit_network_batch_size_count", model="gauss"))
+    images = (value(after, "sdedit_network_batch_size_sum", model="gauss") - value(before, "sdedit_network_batch_size_sum", model="gauss"))
+    assert images == sum(r.num_samples * r.steps for r in requests)
+    assert images / calls > 2.0, (images, calls)  # shared calls (12 edits started together)
+
+
+def test_num_samples_beyond_the_batch_is_invalid_argument(make_server, guide16):
+    server = make_server(cache="none", max_batch_images=4)
+    with Client(server.address) as client, pytest.raises(grpc.RpcError) as error:
+        client.edit(build_request(png(guide16), t0=0.3, steps=2, seed=1, num_samples=5))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_images" in error.value.details()
+
+
+def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton, guide16):
+    from tests.servers import InProcessServer, triton_settings
+
+    server = InProcessServer(triton_settings(parity_repository, triton.url, shm=True, metrics_port=0, max_active_edits=16))
+    try:
+        requests = concurrent_requests(guide16)[:8]
+        solo = [npy_edit(server.address, r) for r in requests]
+        before = scrape(server.running.metrics_port)
+        with ThreadPoolExecutor(len(requests)) as pool:
+            together = list(pool.map(lambda r: npy_edit(server.address, r), requests))
+        for a, b in zip(solo, together):
+            np.testing.assert_array_equal(a, b)
+        after = scrape(server.running.metrics_port)
+        calls = (value(after, "sdedit_network_batch_size_count", model="gauss") - value(before, "sdedit_network_batch_size_count", model="gauss"))
+        assert calls < sum(r.steps for r in requests)  # one infer call per tick carried several edits
+        pool = server.service.registry.get("gauss").backend.connection.shm
+        assert len(pool.region_names()) == 3  # one set (x, t, eps), sized for a full batch, served every call
+    finally:
+        server.stop()
