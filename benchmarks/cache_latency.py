@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         redis = RedisServer(Path(workdir)).start()
         servers = {b: InProcessServer(test_settings(ROOT / "model_repository", cache=b, redis_url=redis.url,
-                                                    max_concurrent_edits=1)) for b in BACKENDS}
+                                                    max_active_edits=1)) for b in BACKENDS}
         try:
             for size in SIZES:
                 rows += measure({b: server.address for b, server in servers.items()}, size, args)

@@ -75,7 +75,7 @@ def oracle_rows(size: int, samples: int, stds=STDS, t0s=T0S, calls=CALLS, seed: 
     with tempfile.TemporaryDirectory() as work:
         models = oracle_repository(Path(work))
         settings = test_settings(Path(work), default_model=next(iter(models)), cache="none", max_num_samples=64,
-                                 onnx_threads=1, max_concurrent_edits=1)
+                                 onnx_threads=1, max_active_edits=1)
         server = InProcessServer(settings)
         guide = encode_png(np.full((size, size, 1), GUIDE_PIXEL, dtype=np.uint8))
         try:
