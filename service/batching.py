@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +45,7 @@ class TickStats:
     edits: int
     network_seconds: float
     cpu_seconds: float  # the tick's own work outside the network (its thread's CPU time)
+    noise_wait_seconds: float = 0.0  # waiting, after the call, for noise still being drawn on other threads
 
 
 @dataclass(eq=False)
@@ -60,7 +61,7 @@ class ActiveEdit:
 
 class BatchScheduler:
     def __init__(self, name: str, eps_fn: EpsFn, max_batch_images: int,
-                 on_tick: Callable[[TickStats], None] | None = None):
+                 on_tick: Callable[[TickStats], None] | None = None, noise_threads: int = 2):
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
         self.name = name
@@ -72,6 +73,9 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._order = itertools.count()
+        # Next steps' noise is drawn on these threads while the network call runs (numpy's
+        # generators release the GIL), each sample from its own generator in its own order.
+        self._noise = ThreadPoolExecutor(noise_threads, thread_name_prefix=f"sdedit-noise-{name}") if noise_threads else None
 
     @property
     def active(self) -> int:
@@ -103,6 +107,8 @@ class BatchScheduler:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._noise is not None:
+            self._noise.shutdown(wait=True)
 
     # --- the scheduler's thread -------------------------------------------------------
 
@@ -155,14 +161,23 @@ class BatchScheduler:
         inputs = [edit.trajectory.network_input() for edit in batch]
         x = inputs[0][0] if len(inputs) == 1 else np.concatenate([i[0] for i in inputs])
         t = inputs[0][1] if len(inputs) == 1 else np.concatenate([i[1] for i in inputs])
+        drawing = self._draw_noise(batch)
         cpu_before_call = time.thread_time() - cpu_started
         started = time.perf_counter()
         try:
             eps = np.asarray(self.eps_fn(x, t), dtype=np.float32)
         except Exception as exc:  # noqa: BLE001 - the backend failed: every edit of this call fails with it
+            _wait_all(drawing)
             self._leave(batch, error=exc)
             return
         network_seconds = time.perf_counter() - started
+        waited = time.perf_counter()
+        try:
+            _wait_all(drawing)
+        except Exception as exc:  # noqa: BLE001 - a draw failed: its edits' noise is not there
+            self._leave(batch, error=exc)
+            return
+        noise_wait_seconds = time.perf_counter() - waited
         cpu_started = time.thread_time()
         done, failed = [], []
         offset = 0
@@ -185,7 +200,16 @@ class BatchScheduler:
             self._leave([edit], error=exc)
         if self._on_tick is not None:
             self._on_tick(TickStats(images=len(x), edits=len(batch), network_seconds=network_seconds,
-                                    cpu_seconds=cpu_before_call + time.thread_time() - cpu_started))
+                                    cpu_seconds=cpu_before_call + time.thread_time() - cpu_started,
+                                    noise_wait_seconds=noise_wait_seconds))
+
+    def _draw_noise(self, batch: list[ActiveEdit]) -> list[Future]:
+        tasks = [task for edit in batch for task in edit.trajectory.noise_tasks()]
+        if self._noise is None:
+            for task in tasks:
+                task()
+            return []
+        return [self._noise.submit(task) for task in tasks]
 
     def _leave(self, edits: list[ActiveEdit], result: EditResult | None = None, error: BaseException | None = None) -> None:
         with self._wake:
@@ -193,6 +217,14 @@ class BatchScheduler:
             self._edits = [e for e in self._edits if id(e) not in leaving]
         for edit in edits:
             _finish(edit, result, error)
+
+
+def _wait_all(futures: list[Future]) -> None:
+    """Waits for every draw (even after one failed), then raises the first failure."""
+    errors = [f.exception() for f in futures]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
 
 
 def _finish(edit: ActiveEdit, result: EditResult | None = None, error: BaseException | None = None) -> None:

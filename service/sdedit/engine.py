@@ -134,16 +134,57 @@ class EditTrajectory:
         self.network_calls = 0
         self.done = False
         self.state: SamplerState = INITIAL_STATE
+        self._prepared: tuple[np.ndarray | None, ...] | None = None  # noise drawn ahead for the next advance
+        self._buffers: np.ndarray | None = None  # [3, B, C, H, W]: reused every step
         self.x = self._start()
 
-    def _normal(self) -> np.ndarray:
-        return _normal(self.rngs, self.shape)
-
-    def _start(self) -> np.ndarray:
+    def _start(self, noise: np.ndarray | None = None) -> np.ndarray:
         """The guide noised to the start level: a new repeat, a new trajectory (no history)."""
         n0 = int(self.levels[0])
         self.state = INITIAL_STATE
-        return (self.schedule.alphas[n0] * self.guide + self.schedule.sigmas[n0] * self._normal()).astype(np.float32)
+        noise = _normal(self.rngs, self.shape) if noise is None else noise
+        return (self.schedule.alphas[n0] * self.guide + self.schedule.sigmas[n0] * noise).astype(np.float32, copy=False)
+
+    def _next_draws(self) -> tuple[bool, bool, bool]:
+        """Which standard normals the next advance() consumes, in this order: the sampler's,
+        the mask's (the kept region re-noised), the next repeat's start."""
+        r = int(self.targets[self.index])
+        last = self.index == self.steps - 1
+        return (self.sampler.needs_noise(r), self.keep is not None and r > 0,
+                last and self.repeat < self.params.repeats)
+
+    def noise_tasks(self) -> list[Callable[[], None]]:
+        """One task per sample that draws, from that sample's own generator and in its fixed
+        order, the noise the next advance() will use. The batch scheduler runs them on other
+        threads while the network call is in flight; advance() draws whatever was not drawn.
+        Each generator's sequence is the same either way, so outputs do not change."""
+        if self._prepared is not None or self.done:
+            return []
+        draws = self._next_draws()
+        if not any(draws):
+            return []
+        if self._buffers is None:
+            self._buffers = np.empty((3, self.batch, *self.shape), dtype=np.float32)
+        buffers = self._buffers
+        self._prepared = tuple(buffers[i] if wanted else None for i, wanted in enumerate(draws))
+        chosen = [i for i, wanted in enumerate(draws) if wanted]
+
+        def task(k: int) -> Callable[[], None]:
+            def draw() -> None:
+                for i in chosen:
+                    self.rngs[k].standard_normal(out=buffers[i, k], dtype=np.float32)
+            return draw
+
+        return [task(k) for k in range(self.batch)]
+
+    def _take_noise(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        if self._prepared is not None:
+            prepared, self._prepared = self._prepared, None
+            return prepared  # type: ignore[return-value]
+        sampler_draw, mask_draw, start_draw = self._next_draws()
+        return (_normal(self.rngs, self.shape) if sampler_draw else None,
+                _normal(self.rngs, self.shape) if mask_draw else None,
+                _normal(self.rngs, self.shape) if start_draw else None)
 
     def network_input(self) -> tuple[np.ndarray, np.ndarray]:
         """(x [B, C, H, W], t [B]): what the network is called with for the next step."""
@@ -157,12 +198,12 @@ class EditTrajectory:
         s, r = int(self.levels[self.index]), int(self.targets[self.index])
         self.network_calls += 1
         c = coefficients(self.schedule, s, r)
-        noise = self._normal() if self.sampler.needs_noise(r) else None
+        noise, mask_noise, start_noise = self._take_noise()
         out = self.sampler.step(self.x, np.asarray(eps, dtype=np.float32), c, noise, self.state)
         x, self.state = out.prev_sample, out.state
         if self.keep is not None:
-            known = c.alpha_r * self.x0 + c.sigma_r * self._normal() if r > 0 else self.x0
-            x = (self.regen * x + self.keep * known).astype(np.float32)
+            known = c.alpha_r * self.x0 + c.sigma_r * mask_noise if r > 0 else self.x0
+            x = (self.regen * x + self.keep * known).astype(np.float32, copy=False)
         step = self.index + 1
         preview = self.params.preview_every and (step % self.params.preview_every == 0 or step == self.steps)
         event = StepEvent(self.repeat, self.params.repeats, step, self.steps, self.network_calls, self.total_calls,
@@ -170,14 +211,14 @@ class EditTrajectory:
         self.index += 1
         if self.index == self.steps:  # the repeat ends
             if self.keep is not None:
-                x = np.where(self.keep > 0, self.x0, x).astype(np.float32)  # bit-exact kept region
+                x = np.where(self.keep > 0, self.x0, x).astype(np.float32, copy=False)  # bit-exact kept region
             self.guide = x
             if self.repeat == self.params.repeats:
                 self.done = True
             else:
                 self.repeat += 1
                 self.index = 0
-                x = self._start()
+                x = self._start(start_noise)
         self.x = x
         return event
 

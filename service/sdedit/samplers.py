@@ -89,7 +89,11 @@ def coefficients(schedule: NoiseSchedule, s: int, r: int) -> StepCoefficients:
 
 
 def predict_original(x: np.ndarray, eps: np.ndarray, c: StepCoefficients) -> np.ndarray:
-    return ((x - c.sigma_s * eps) / c.alpha_s).astype(np.float32)
+    """(x - sigma_s eps) / alpha_s: the same float32 operations in one buffer (fewer passes)."""
+    out = np.multiply(eps, c.sigma_s, dtype=np.float32)
+    np.subtract(x, out, out=out)
+    np.divide(out, c.alpha_s, out=out)
+    return out
 
 
 class Sampler(Protocol):
@@ -122,7 +126,7 @@ class DDPMSampler:
         mean = (x - (c.var_sr / c.sigma_s) * eps) / c.alpha_sr
         if noise is not None:
             mean = mean + np.sqrt(c.posterior_var) * noise
-        return StepOutput(mean.astype(np.float32), pred_original_sample, state)
+        return StepOutput(mean.astype(np.float32, copy=False), pred_original_sample, state)
 
 
 class DDIMSampler:
@@ -146,7 +150,7 @@ class DDIMSampler:
         prev = c.alpha_r * pred_original_sample + direction * eps
         if noise is not None:
             prev = prev + std * noise
-        return StepOutput(prev.astype(np.float32), pred_original_sample, state)
+        return StepOutput(prev.astype(np.float32, copy=False), pred_original_sample, state)
 
 
 class EulerMaruyamaSampler:
@@ -168,7 +172,7 @@ class EulerMaruyamaSampler:
         prev = (2.0 - c.alpha_sr) * x + c.var_sr * score
         if noise is not None:
             prev = prev + np.sqrt(c.var_sr) * noise
-        return StepOutput(prev.astype(np.float32), pred_original_sample, state)
+        return StepOutput(prev.astype(np.float32, copy=False), pred_original_sample, state)
 
 
 class DPMSolverPP2MSampler:
@@ -198,20 +202,31 @@ class DPMSolverPP2MSampler:
         pred_original_sample = predict_original(x, eps, c)
         new_state = SamplerState(pred_original_sample, c.lambda_s)
         if c.sigma_r == 0.0:  # onto the clean level: h = inf, the update is D itself
-            return StepOutput((c.alpha_r * pred_original_sample).astype(np.float32), pred_original_sample, new_state)
+            return StepOutput((c.alpha_r * pred_original_sample).astype(np.float32, copy=False), pred_original_sample, new_state)
         h = c.lambda_r - c.lambda_s
+        # The arithmetic below is the formula above, operation for operation, in place: one
+        # scratch buffer and the output instead of a temporary per operation.
+        scratch = np.empty_like(pred_original_sample)
         data = pred_original_sample
         if state.pred_original_sample is not None:  # second order: the multistep correction
             r0 = (c.lambda_s - state.log_snr) / h
-            data = pred_original_sample + (pred_original_sample - state.pred_original_sample) / (2.0 * r0)
+            np.subtract(pred_original_sample, state.pred_original_sample, out=scratch)
+            np.divide(scratch, 2.0 * r0, out=scratch)
+            np.add(pred_original_sample, scratch, out=scratch)
+            data = scratch
         if self.stochastic:
             keep = -math.expm1(-2.0 * h)  # 1 - e^-2h
-            prev = (c.sigma_r / c.sigma_s * math.exp(-h)) * x + (c.alpha_r * keep) * data
+            prev = np.multiply(x, c.sigma_r / c.sigma_s * math.exp(-h), dtype=np.float32)
+            np.multiply(data, c.alpha_r * keep, out=scratch)
+            np.add(prev, scratch, out=prev)
             if noise is not None:
-                prev = prev + (c.sigma_r * math.sqrt(keep)) * noise
+                np.multiply(noise, c.sigma_r * math.sqrt(keep), out=scratch)
+                np.add(prev, scratch, out=prev)
         else:
-            prev = (c.sigma_r / c.sigma_s) * x - (c.alpha_r * math.expm1(-h)) * data
-        return StepOutput(prev.astype(np.float32), pred_original_sample, new_state)
+            prev = np.multiply(x, c.sigma_r / c.sigma_s, dtype=np.float32)
+            np.multiply(data, c.alpha_r * math.expm1(-h), out=scratch)
+            np.subtract(prev, scratch, out=prev)
+        return StepOutput(prev.astype(np.float32, copy=False), pred_original_sample, new_state)
 
 
 SAMPLERS = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
