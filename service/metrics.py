@@ -104,7 +104,7 @@ class Metrics:
                                      buckets=BATCH_BUCKETS, registry=r)
         self.batch_tick_cpu_seconds = Histogram("sdedit_batch_tick_cpu_seconds", "CPU seconds of one batch tick "
                                                 "outside the network (inputs, every edit's step, progress)",
-                                                buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=r)
+                                                buckets=LATENCY_BUCKETS, registry=r)
         self.active_edits = Gauge("sdedit_active_edits", "edits in the batch schedulers now (running, sharing calls)",
                                   registry=r)
         self.backend_errors_total = Counter("sdedit_backend_errors", "failed score-network calls, by kind",

@@ -34,6 +34,21 @@ from service.metrics import Metrics
 from service.models import load_registry
 
 log = logging.getLogger(__name__)
+
+
+class EndedCallFilter(logging.Filter):
+    """gRPC's aio server logs a traceback (ExecuteBatchError) when it cannot send a response
+    because the call has already ended: its deadline passed or the client left just as the
+    handler returned. The client has its status already; this is one line, not a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and type(record.exc_info[1]).__name__ == "ExecuteBatchError":
+            record.msg, record.args = "a response was not sent: its call had ended (deadline passed or client left)", ()
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(EndedCallFilter())
 SERVICE_NAME = sdedit_pb2.DESCRIPTOR.services_by_name["ImageEditor"].full_name
 LIVENESS = "liveness"  # a health name for liveness probes: independent of the backend
 SERVING = health_pb2.HealthCheckResponse.SERVING

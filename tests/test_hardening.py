@@ -344,3 +344,26 @@ def test_images_are_flat_png_helpers_sane():
     assert Image.open(io.BytesIO(tiny_jpeg_declaring(1024, 1024))).size == (1024, 1024)
     assert len(tiny_jpeg_declaring(1024, 1024)) < 1000
     assert np.asarray(Image.open(io.BytesIO(flat_png(2, 2)))).max() == 128
+
+
+def test_grpcs_traceback_for_a_response_to_an_ended_call_becomes_one_line():
+    """A call whose deadline passes just as its handler returns makes gRPC's aio server log an
+    ExecuteBatchError traceback (seen in the fuzz suite); the filter makes it one INFO line."""
+    import logging
+
+    from service.server import EndedCallFilter
+
+    class ExecuteBatchError(Exception):
+        pass
+
+    try:
+        raise ExecuteBatchError("Failed execute_batch")
+    except ExecuteBatchError:
+        import sys
+
+        record = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 1, "ExecuteBatchError raised in core by "
+                                   "servicer method [%s]", ("/sdedit.v1.ImageEditor/Edit",), sys.exc_info())
+    assert EndedCallFilter().filter(record)
+    assert record.exc_info is None and record.levelno == logging.INFO and "call had ended" in record.getMessage()
+    other = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 1, "something else", (), None)
+    assert EndedCallFilter().filter(other) and other.levelno == logging.ERROR

@@ -116,6 +116,10 @@ def run_known_workload(address: str, guide: np.ndarray) -> dict:
     expected[key("sdedit_cache_requests_total", result="hit")] = len(repeated)
     expected[key("sdedit_cache_requests_total", result="uncacheable")] = 1  # the unseeded gauss-ve edit
     expected[key("sdedit_cache_stored_total")] = 2 * len(ok_edits)  # each result and its request_id record
+    # sequential edits: every network call is one batch tick with one edit in it
+    ticks = sum(m["calls"] for m in per_model.values())
+    expected[key("sdedit_batch_edits_count")] = ticks
+    expected[key("sdedit_batch_tick_cpu_seconds_count")] = ticks
     batch_sums = {model: m["batch_items"] for model, m in per_model.items()}
     return {"counts": expected, "batch_sums": batch_sums}
 
@@ -140,7 +144,9 @@ def is_count(name: str) -> bool:
 def test_every_counter_and_histogram_count_matches_the_workload(workload):
     text, expected = workload
     actual = {k: v for k, v in samples(text).items() if is_count(k[0]) and v != 0}
+    assert actual.pop(key("sdedit_network_busy_seconds_total")) > 0  # seconds: not a count to predict
     assert actual == expected["counts"]
+    assert value(text, "sdedit_batch_edits_sum") == expected["counts"][key("sdedit_batch_edits_count")]
     for model, total in expected["batch_sums"].items():
         assert value(text, "sdedit_network_batch_size_sum", model=model) == total
     assert value(text, "sdedit_cache_available") == 1
