@@ -126,3 +126,35 @@ def test_an_unloaded_model_a_patient_retry_and_a_quiet_restart(service, fault_tr
         # ... and the service's next edit works although Triton forgot the regions it had registered.
         assert len(client.edit(_short_edit(guide16, seed=4), timeout=30).images) == 1
         _assert_regions_consistent(service, fault_triton)
+
+
+def test_triton_killed_mid_batch_fails_every_edit_in_it_and_leaks_nothing(service, fault_triton, guide16):
+    """Four long edits share each infer call (step-level batching); Triton dies under them."""
+    pool = service.service.registry.get("gauss").backend.connection.shm
+    codes: list[grpc.StatusCode] = []
+    started = threading.Barrier(5)
+
+    def long_edit(seed: int) -> None:
+        with Client(service.address) as client:
+            events = iter(client.stream_edit(build_request(png(guide16), t0=1.0, steps=1000, repeats=5, seed=seed), timeout=60))
+            while next(events).progress.network_calls < 20:
+                pass
+            started.wait(30)
+            try:
+                for _ in events:
+                    pass
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+
+    threads = [threading.Thread(target=long_edit, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait(30)
+    killed = time.monotonic()
+    fault_triton.kill()
+    for thread in threads:
+        thread.join(30)
+    assert codes == [grpc.StatusCode.UNAVAILABLE] * 4
+    assert time.monotonic() - killed < 5.0
+    assert shm_files(pool.prefix) == [] and pool.region_names() == []  # nothing leaked
