@@ -142,6 +142,15 @@ class ServeProcess:
         self.log.close()
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory so far (VmHWM), MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
 def terminate(process: subprocess.Popen, timeout: float) -> None:
     """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
     if process.poll() is None:

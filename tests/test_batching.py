@@ -178,9 +178,9 @@ def concurrent_requests(guide: np.ndarray) -> list:
                           sampler=("ddpm", "ddim", "dpmpp_2m_sde", "dpmpp_2m")[i % 4]) for i in range(12)]
 
 
-def test_concurrent_edits_through_the_service_share_calls_and_equal_their_solo_runs(make_server, guide16):
-    server = make_server(cache="none", metrics_port=0, max_active_edits=16)
-    requests = concurrent_requests(guide16)
+def solo_then_together(server, requests) -> tuple[float, float]:
+    """Runs each request alone, then all at once; asserts equal outputs. Returns the concurrent
+    run's (network calls, images) from the server's own metrics."""
     solo = [npy_edit(server.address, r) for r in requests]
     before = scrape(server.running.metrics_port)
     with ThreadPoolExecutor(len(requests)) as pool:
@@ -188,8 +188,17 @@ def test_concurrent_edits_through_the_service_share_calls_and_equal_their_solo_r
     for a, b in zip(solo, together):
         np.testing.assert_array_equal(a, b)
     after = scrape(server.running.metrics_port)
-    calls = (value(after, "sdedit_network_batch_size_count", model="gauss") - value(before, "sdedit_network_batch_size_count", model="gauss"))
-    images = (value(after, "sdedit_network_batch_size_sum", model="gauss") - value(before, "sdedit_network_batch_size_sum", model="gauss"))
+
+    def delta(name: str) -> float:
+        return value(after, name, model="gauss") - value(before, name, model="gauss")
+
+    return delta("sdedit_network_batch_size_count"), delta("sdedit_network_batch_size_sum")
+
+
+def test_concurrent_edits_through_the_service_share_calls_and_equal_their_solo_runs(make_server, guide16):
+    server = make_server(cache="none", metrics_port=0, max_active_edits=16)
+    requests = concurrent_requests(guide16)
+    calls, images = solo_then_together(server, requests)
     assert images == sum(r.num_samples * r.steps for r in requests)
     assert images / calls > 2.0, (images, calls)  # shared calls (12 edits started together)
 
@@ -207,14 +216,7 @@ def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton
     server = InProcessServer(triton_settings(parity_repository, triton.url, shm=True, metrics_port=0, max_active_edits=16))
     try:
         requests = concurrent_requests(guide16)[:8]
-        solo = [npy_edit(server.address, r) for r in requests]
-        before = scrape(server.running.metrics_port)
-        with ThreadPoolExecutor(len(requests)) as pool:
-            together = list(pool.map(lambda r: npy_edit(server.address, r), requests))
-        for a, b in zip(solo, together):
-            np.testing.assert_array_equal(a, b)
-        after = scrape(server.running.metrics_port)
-        calls = (value(after, "sdedit_network_batch_size_count", model="gauss") - value(before, "sdedit_network_batch_size_count", model="gauss"))
+        calls, _ = solo_then_together(server, requests)
         assert calls < sum(r.steps for r in requests)  # one infer call per tick carried several edits
         pool = server.service.registry.get("gauss").backend.connection.shm
         assert len(pool.region_names()) == 3  # one set (x, t, eps), sized for a full batch, served every call

@@ -27,7 +27,7 @@ from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from tests.servers import ServeProcess, health_status
+from tests.servers import ServeProcess, health_status, peak_rss_mib
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1024
@@ -155,13 +155,6 @@ def send(channel: grpc.Channel, kind: str, payload, timeout: float) -> grpc.Stat
     except grpc.RpcError as exc:
         return exc.code()
 
-
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
 
 
 def test_fuzzing_the_grpc_surface_gets_no_unknown_and_no_internal(oracle_repository, tmp_path, request):
