@@ -7,8 +7,8 @@
     edits of --calls network calls (t0 0.5, `steps` = --calls, sampler dpmpp_2m_sde, the
     model's default spacing), fresh seeds, no result cache, through an in-process server
     (tests/servers.py InProcessServer, service.client.Client), closed loop at each
-    concurrency. Two servers side by side in one process, their levels interleaved so that
-    background load hits them alike: the batched one (--max-batch-images 32) and the per-edit
+    concurrency. Two servers side by side in one process, their levels interleaved (which
+    runs first alternates level by level) so that background load hits them alike: the batched one (--max-batch-images 32) and the per-edit
     baseline (--max-batch-images 1: every call is batch 1, as on the per-edit path before
     step-level batching). Both have max_active_edits = the largest level, so no level queues.
     Edits/s and p50/p99 latency come from the client; network calls/s, images per call and
@@ -178,8 +178,12 @@ def run_embedded(levels: list[int], duration: float, warmup: float, calls: int, 
     try:
         results["network_before"] = network_images_per_second(network, batches)
         clients = {name: Client(server.address) for name, server in servers.items()}
-        for level in levels:
-            for name, server in servers.items():
+        for client in clients.values():  # sessions and schedulers warm before any level
+            for seed in range(3):
+                client.edit(build_request(image, t0=T0, steps=calls, sampler=SAMPLER, seed=seed), timeout=600)
+        for index, level in enumerate(levels):
+            order = list(servers.items())  # alternated level by level: neither path always runs first
+            for name, server in (order if index % 2 == 0 else order[::-1]):
                 client = clients[name]
                 snapshots: dict[str, dict[str, float]] = {}
 
