@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 
@@ -47,3 +48,28 @@ def test_samplers_benchmark_runs(tmp_path):
                and r["schedule"] != "full")
     assert [r["network_calls"] for r in result["digits"]] == [3, 50]  # 3 calls, and the full schedule at t0 = 0.05
     assert (tmp_path / "error_vs_calls.png").stat().st_size > 0 and "digits" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_batching_benchmark_runs(tmp_path):
+    """A tiny run of benchmarks/batching.py: (a) through in-process servers, (b) on the simulated accelerator."""
+    spec = importlib.util.spec_from_file_location("batching_benchmark", ROOT / "benchmarks" / "batching.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "batching.json"
+    benchmark.main(["--embedded-levels", "1,4", "--sim-levels", "1,8", "--duration", "1", "--warmup", "0.3",
+                    "--calls", "3", "--network-batches", "1,4", "--out", str(out)])
+    results = json.loads(out.read_text())
+    a, b = results["embedded"], results["simulated"]
+    assert a["model"] == Settings().default_model and a["calls_per_edit"] == 3
+    assert {(r["path"], r["concurrency"]) for r in a["rows"]} == {(p, c) for p in ("batched", "per_edit") for c in (1, 4)}
+    for row in a["rows"]:
+        assert row["edits"] > 0 and row["edits_per_second"] > 0 and row["network_calls_per_second"] > 0
+        assert row["latency_p50_seconds"] <= row["latency_p99_seconds"] and row["edits_per_second_over_bound"] > 0
+        assert row["images_per_call"] == 1.0 if row["path"] == "per_edit" else 1.0 <= row["images_per_call"] <= 4.0
+    assert set(a["network_before"]) == {"1", "4"} and a["network_best_images_per_second"] > 0
+    assert "c1_latency_p50_over_per_edit" in a["acceptance"]
+    assert [r["concurrency"] for r in b["rows"]] == [1, 8] and b["a_ms"] == 6.0 and b["b_ms"] == 1.2
+    for row in b["rows"]:
+        assert row["edits"] > 0 and 0 < row["edits_per_second_over_ideal"] <= 1.05
+        assert row["tick_cpu_ms"] > 0 and row["process_cpu_ms_per_sample_step"] > 0
