@@ -82,6 +82,8 @@ def _import_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-steps", type=int, help="network calls of an edit with steps = 0 (default 20)")
     parser.add_argument("--description", default="", help="one line for ListModels (default: architecture and source)")
     parser.add_argument("--max-size", type=int, default=0, help="largest side served (default: the native resolution)")
+    parser.add_argument("--check-size", type=int, default=0, help="side of the export check's random inputs "
+                        "(default: the native resolution; smaller is faster for big models)")
     parser.add_argument("--force", action="store_true", help="replace a model of that name")
 
 
@@ -119,7 +121,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"sdedit import: {repository / args.name} exists (--force replaces it)", file=sys.stderr)
         return 1
     options = ImportOptions(name=args.name, repository=repository, fp16=args.fp16, default_steps=args.default_steps,
-                            description=args.description, max_size=args.max_size)
+                            description=args.description, max_size=args.max_size, check_size=args.check_size)
     started = time.perf_counter()
     try:
         if args.source == "diffusers":

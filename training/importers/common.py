@@ -51,12 +51,14 @@ class ImportOptions:
     default_steps: int | None = None
     description: str = ""
     max_size: int = 0  # the largest side served; 0 = the native resolution
+    check_size: int = 0  # side of the export check's inputs; 0 = the native resolution (smaller: faster, for big models)
 
 
-def export_onnx(network: Network) -> bytes:
-    """One self-contained graph (no external data): x and t float32, dynamic batch and size."""
+def export_onnx(network: Network, trace_size: int = 0) -> bytes:
+    """One self-contained graph (no external data): x and t float32, dynamic batch and size
+    (traced at trace_size, default the native resolution: the graph does not depend on it)."""
     module = network.module.eval()
-    size = network.resolution
+    size = trace_size or network.resolution
     example = (torch.zeros(2, network.channels, size, size), torch.full((2,), 0.5))
     buffer = io.BytesIO()
     with torch.no_grad():
@@ -105,16 +107,16 @@ def check_points(network: Network) -> list[tuple[int, float]]:
     return [(level, float(schedule.model_times[level])) for level in (max(1, n // 50), n // 2, n)]
 
 
-def export_difference(network: Network, onnx_bytes: bytes, batch: int = 1, seed: int = 0) -> dict[int, float]:
+def export_difference(network: Network, onnx_bytes: bytes, batch: int = 1, seed: int = 0, size: int = 0) -> dict[int, float]:
     """max |ONNX Runtime - PyTorch| in eps units at the three check levels, on random x at the
-    native size (x at that level's noise scale)."""
+    given size (default native; x at that level's noise scale)."""
     convention = convention_from_parameters(network.convention, network.spec)
     schedule = build_schedule(network.spec)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     out: dict[int, float] = {}
+    size = size or network.resolution
     for level, model_time in check_points(network):
-        size = network.resolution
         x = (schedule.sigmas[level] * rng.standard_normal((batch, network.channels, size, size))
              + schedule.alphas[level] * rng.uniform(-1, 1, (batch, network.channels, size, size))).astype(np.float32)
         t = np.full(batch, model_time, np.float32)
@@ -153,8 +155,9 @@ def content_digest(path: Path) -> str:
 
 def write_imported(network: Network, options: ImportOptions, source_hash: str) -> Path:
     """Exports, checks, writes model.onnx + config.pbtxt + README.md; returns the model folder."""
-    onnx_bytes = export_onnx(network)
-    fp32_difference = export_difference(network, onnx_bytes)
+    check = options.check_size or network.resolution
+    onnx_bytes = export_onnx(network, trace_size=check)
+    fp32_difference = export_difference(network, onnx_bytes, size=check)
     worst = max(fp32_difference.values())
     if worst > TOLERANCE:
         raise SystemExit(f"the ONNX export differs from PyTorch by {worst:.3e} (eps units) > {TOLERANCE:g}; not written")
@@ -162,7 +165,7 @@ def write_imported(network: Network, options: ImportOptions, source_hash: str) -
     fp16_difference = None
     if options.fp16:
         onnx_bytes = fp16_weights(onnx_bytes)
-        fp16_difference = export_difference(network, onnx_bytes)
+        fp16_difference = export_difference(network, onnx_bytes, size=check)
     per_pixel, attention = memory_estimate(network)
     size = network.resolution
     max_side = max(size, options.max_size or size)
@@ -178,7 +181,7 @@ def write_imported(network: Network, options: ImportOptions, source_hash: str) -
     model_dir = write_model(options.repository, options.name, onnx_bytes, params)
     info = load_model_info(model_dir)
     (model_dir / "README.md").write_text(model_card(network, options, info.content_hash, source_hash, fp32_difference,
-                                                    fp16_difference, fp32_size, len(onnx_bytes), per_pixel, attention, steps))
+                                                    fp16_difference, fp32_size, len(onnx_bytes), per_pixel, attention, steps, check))
     return model_dir
 
 
@@ -188,7 +191,7 @@ def _differences(values: dict[int, float]) -> str:
 
 def model_card(network: Network, options: ImportOptions, content_hash: str, source_hash: str, fp32: dict[int, float],
                fp16: dict[int, float] | None, fp32_bytes: int, file_bytes: int, per_pixel: float,
-               attention: tuple[int, float] | None, steps: int) -> str:
+               attention: tuple[int, float] | None, steps: int, check: int) -> str:
     spec, convention = network.spec, network.convention
     if spec.sde_type == "ve":
         schedule = f"VE, sigma from {spec.sigma_min:g} to {spec.sigma_max:g} (service units, data in [-1, 1]), N = {spec.timesteps}"
@@ -209,7 +212,7 @@ def model_card(network: Network, options: ImportOptions, content_hash: str, sour
 | schedule | {schedule} |
 | conventions | time input `{convention['time_input']}`, output `{convention['network_output']}`, data range `{convention['data_range']}` (service/backends/conventions.py) |
 | sizes | native {network.resolution}x{network.resolution}; multiples of {network.size_multiple} up to {max(network.resolution, options.max_size or 0)} (dynamic batch and size) |
-| export | ONNX opset {OPSET}, one file, {fp32_bytes / 1e6:.1f} MB fp32; ONNX Runtime vs PyTorch max abs difference in eps at batch 1, native size: {_differences(fp32)} |
+| export | ONNX opset {OPSET}, one file, {fp32_bytes / 1e6:.1f} MB fp32; ONNX Runtime vs PyTorch max abs difference in eps at batch 1, {check}x{check}: {_differences(fp32)} |
 | fp16 | {fp16_line} |
 | memory (estimate) | {per_pixel:.0f} bytes per pixel per image; attention {attention_line} (scripts/measure_model_memory.py measures it) |
 | default edit | {steps} network calls (--default-steps) |
