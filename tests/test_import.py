@@ -318,3 +318,24 @@ def test_shipped_models_keep_their_convention():
         info = load_model_info(PROJECT_ROOT / "model_repository" / name)
         assert info.convention is None and info.network.is_identity
         assert json.dumps(info.parameters).count("time_input") == 0
+
+
+def test_triton_backend_honours_the_convention(repository, tmp_path):
+    """The Triton CPU stand-in serves the imported NCSN++ model (sigma in, score out, [0, 1]
+    data): the same edit as the embedded backend's, within float32 noise."""
+    from service.backends.triton_local import TOOLS, LocalTriton, cpu_repository
+
+    if not (TOOLS / ".installed").is_file():
+        pytest.skip("no CPU tritonserver: run `make triton-tools`")
+    pixels = np.random.default_rng(7).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    request = build_request(encode_png(pixels), t0=0.5, steps=4, seed=2, npy=True, model="ncsnpp")
+    outputs = []
+    with LocalTriton(cpu_repository([repository], tmp_path / "cpu"), tmp_path / "triton.log") as triton:
+        for overrides in ({}, {"backend": "triton", "triton_url": triton.url}):
+            server = InProcessServer(test_settings(repository, default_model="ncsnpp", cache="none", **overrides))
+            try:
+                with Client(server.address) as client:
+                    outputs.append(decode_npy(client.edit(request, timeout=120).images[0].data))
+            finally:
+                server.stop()
+    assert np.abs(outputs[0] - outputs[1]).max() < 1e-4
