@@ -1,4 +1,4 @@
-"""The `sdedit` command: serve, edit, models, loadtest."""
+"""The `sdedit` command: serve, edit, models, loadtest, import."""
 
 from __future__ import annotations
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _client_parser(sub, "models", "list the models of a running service")
 
+    add_import_arguments(sub)
+
     from service.loadtest.cli import add_arguments as add_loadtest_arguments
 
     loadtest = _client_parser(sub, "loadtest", "send a measured load to a running service and report latency and throughput")
@@ -69,6 +71,73 @@ def build_parser() -> argparse.ArgumentParser:
                             "--max-error-rate is missed. JSON schema: docs/loadtest.md.")
     add_loadtest_arguments(loadtest)
     return parser
+
+
+def _import_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", required=True, help="model name: the folder written under the repository")
+    parser.add_argument("--repository", type=Path, help="model repository (default: the configured one, "
+                        "SDEDIT_MODEL_REPOSITORY or the checkout's model_repository/)")
+    parser.add_argument("--fp16", action="store_true", help="store the weights as float16 (about half the file); "
+                        "inputs and outputs stay float32")
+    parser.add_argument("--default-steps", type=int, help="network calls of an edit with steps = 0 (default 20)")
+    parser.add_argument("--description", default="", help="one line for ListModels (default: architecture and source)")
+    parser.add_argument("--max-size", type=int, default=0, help="largest side served (default: the native resolution)")
+    parser.add_argument("--check-size", type=int, default=0, help="side of the export check's random inputs "
+                        "(default: the native resolution; smaller is faster for big models)")
+    parser.add_argument("--force", action="store_true", help="replace a model of that name")
+
+
+def add_import_arguments(sub: argparse._SubParsersAction) -> None:
+    text = ("export a score network to the model repository as ONNX, with its config.pbtxt and model card "
+            "(needs the `import` extra: torch, diffusers, PyYAML)")
+    parser = sub.add_parser("import", help=text, description=text)
+    kinds = parser.add_subparsers(dest="source", required=True)
+    diffusers = kinds.add_parser("diffusers", help="a diffusers UNet2DModel folder, or a pipeline folder with unet/ and scheduler/")
+    diffusers.add_argument("folder", type=Path)
+    diffusers.add_argument("--data-range", choices=("-1,1", "0,1"), help="the data the network was trained on "
+                           "(default: 0,1 for ScoreSdeVe models, as score_sde's NCSN++; -1,1 otherwise)")
+    _import_common(diffusers)
+    reference = kinds.add_parser("reference", help="a state dict of the SDEdit reference code's Model with its configs/*.yml")
+    reference.add_argument("checkpoint", type=Path)
+    reference.add_argument("--config", type=Path, required=True, help="the reference's YAML config (model.*, data.image_size, diffusion.*)")
+    _import_common(reference)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from training.importers import INSTALL_HINT, ImportFailed, missing_dependencies
+
+    missing = missing_dependencies("torch", "onnxscript", *(("diffusers",) if args.source == "diffusers" else ("yaml",)))
+    if missing:
+        print(f"sdedit import: needs {', '.join(missing)}, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    from training.importers.common import ImportOptions
+
+    try:
+        repository = args.repository or load_settings(env=None).model_repository
+    except SettingsError as exc:
+        print(f"sdedit import: {exc}", file=sys.stderr)
+        return 2
+    if (repository / args.name).exists() and not args.force:
+        print(f"sdedit import: {repository / args.name} exists (--force replaces it)", file=sys.stderr)
+        return 1
+    options = ImportOptions(name=args.name, repository=repository, fp16=args.fp16, default_steps=args.default_steps,
+                            description=args.description, max_size=args.max_size, check_size=args.check_size)
+    started = time.perf_counter()
+    try:
+        if args.source == "diffusers":
+            from training.importers.diffusers_format import import_diffusers
+
+            model_dir = import_diffusers(args.folder, options, data_range=args.data_range)
+        else:
+            from training.importers.reference import import_reference
+
+            model_dir = import_reference(args.checkpoint, args.config, options)
+    except (ImportFailed, ModelConfigError, OSError) as exc:
+        print(f"sdedit import: {exc}", file=sys.stderr)
+        return 1
+    size = (model_dir / "1" / "model.onnx").stat().st_size
+    print(f"wrote {model_dir} ({size / 1e6:.1f} MB) in {time.perf_counter() - started:.1f} s; model card {model_dir / 'README.md'}")
+    return 0
 
 
 def _configure_logging(level: str) -> None:
@@ -207,7 +276,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "edit": cmd_edit, "models": cmd_models, "loadtest": cmd_loadtest}
+    handlers = {"serve": cmd_serve, "edit": cmd_edit, "models": cmd_models, "loadtest": cmd_loadtest, "import": cmd_import}
     return handlers[args.command](args)
 
 

@@ -7,6 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from service.backends.conventions import DEFAULT_TIME_INPUT, NetworkConvention
 from service.sdedit.schedules import SDESpec
 
 
@@ -37,6 +38,12 @@ class ModelInfo:
 
     default_sampler: str = "dpmpp_2m_sde"  # of an edit that names none (samplers.SAMPLERS)
     default_spacing: str = "logsnr_uniform"  # of an edit that names none (schedules.SPACINGS)
+    convention: NetworkConvention | None = None  # the network's time input and output (None: the SDE's default)
+
+    @property
+    def network(self) -> NetworkConvention:
+        """How the backends call the network and read its output (conventions.py)."""
+        return self.convention or NetworkConvention(self.sde, DEFAULT_TIME_INPUT[self.sde.sde_type])
 
     @property
     def largest_size(self) -> tuple[int, int]:

@@ -63,12 +63,14 @@ class OnnxScoreModel:
         session = self._session
         if session is None:
             raise BackendError(f"model {self.info.name} is closed", kind="closed")
-        (eps,) = session.run(
+        network = self.info.network  # the family's time input and output (conventions.py)
+        x_in, t_in = network.network_inputs(x, t)
+        (out,) = session.run(
             [self.info.output_name],
-            {x_name: np.ascontiguousarray(x, dtype=np.float32), t_name: np.ascontiguousarray(t, dtype=np.float32)},
+            {x_name: np.ascontiguousarray(x_in, dtype=np.float32), t_name: np.ascontiguousarray(t_in, dtype=np.float32)},
             self._run_options,
         )
-        return eps
+        return network.eps(out, t)
 
     def ready(self) -> bool:
         return self._session is not None

@@ -20,6 +20,8 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
     default_sampler, default_spacing   that edit's sampler and level spacing (DEFAULT_SAMPLER,
                     DEFAULT_SPACING if absent); chosen from benchmarks/samplers.py (docs/quality.md)
     description     one line for ListModels
+    time_input, network_output, data_range   what the network takes as time and returns
+                    (conventions.py; defaults: the DDPM index or t in (0, 1], eps, [-1, 1])
     precision       optional: fp32 | fp16 | bf16 | int8, what Triton computes in (else
                     inferred: fp16 for a TensorRT plan or ONNX Runtime's TensorRT
                     accelerator in FP16, fp32 otherwise; the embedded backend is fp32)
@@ -39,6 +41,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from service.backends.base import ModelInfo
+from service.backends.conventions import convention_from_parameters, convention_parameters
 from service.errors import ModelConfigError
 from service.sdedit.samplers import SAMPLERS
 from service.sdedit.schedules import SPACINGS, SDESpec
@@ -183,9 +186,16 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
     outputs = [tensor.name for tensor in config.output]
     if len(inputs) != 2 or len(outputs) != 1:
         raise ModelConfigError(f"{where}expected inputs (x, t) and one output, got {inputs} -> {outputs}")
+    try:
+        convention = convention_from_parameters(params, spec)
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}{exc}") from exc
+    digest = hasher(spec, channels)
+    if not convention.is_identity:  # the same weights called another way give other results
+        digest = hashlib.sha256((digest + json.dumps(convention_parameters(convention), sort_keys=True)).encode()).hexdigest()
     return ModelInfo(
         name=name,
-        content_hash=hasher(spec, channels),
+        content_hash=digest,
         sde=spec,
         width=width,
         height=height,
@@ -206,6 +216,7 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         precision=served_precision(config, where) if precision is None else precision,
         default_sampler=default_sampler,
         default_spacing=default_spacing,
+        convention=None if convention.is_identity else convention,
     )
 
 
@@ -268,8 +279,11 @@ def model_parameters(
     attention: tuple[int, float] | None = None,
     default_sampler: str = DEFAULT_SAMPLER,
     default_spacing: str = DEFAULT_SPACING,
+    convention: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The `parameters` block that carries a model's SDE metadata."""
+    """The `parameters` block that carries a model's SDE metadata.
+
+    convention: time_input / network_output / data_range (conventions.py), if not the defaults."""
     params = {
         "sde": spec.sde_type,
         "timesteps": str(spec.timesteps),
@@ -295,6 +309,9 @@ def model_parameters(
         params |= {"sigma_min": repr(spec.sigma_min), "sigma_max": repr(spec.sigma_max)}
     else:
         params |= {"beta_min": repr(spec.beta_min), "beta_max": repr(spec.beta_max)}
+    if convention:
+        convention_from_parameters(convention, spec)  # raises ValueError on a convention that does not fit
+        params |= convention
     return params
 
 

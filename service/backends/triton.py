@@ -251,7 +251,9 @@ class TritonScoreModel:
     def predict_eps(self, x: np.ndarray, t: np.ndarray, deadline: float | None = None) -> np.ndarray:
         if self._closed:
             raise BackendError(f"model {self.info.name} is closed", kind="closed")
-        return self.connection.infer(self.info, x, t, deadline)
+        network = self.info.network  # the family's time input and output (conventions.py)
+        x_in, t_in = network.network_inputs(x, t)
+        return network.eps(self.connection.infer(self.info, x_in, t_in, deadline), t)
 
     def ready(self) -> bool:
         return not self._closed and self.connection.model_ready(self.info.name)
