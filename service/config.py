@@ -38,10 +38,17 @@ class Settings:
     host: str = setting("0.0.0.0", "address the gRPC server binds")
     port: int = setting(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint binds: loopback by default; in Kubernetes "
+                                "the pod IP (status.podIP), never 0.0.0.0 unless a firewall guards it")
     max_message_mib: int = setting(64, "largest gRPC message sent (a response), MiB; larger responses are refused up front")
     max_request_mib: int = setting(16, "largest gRPC message accepted (a request), MiB")
     max_connection_age_seconds: float = setting(0.0, "close client connections after this long, in-flight calls "
                                                 "unharmed, so clients reconnect and spread over replicas (0 = never)")
+    # security (docs: README "Security and tenants")
+    tls_cert_file: str = setting("", "serve TLS with this certificate chain (PEM); reloaded when the file changes")
+    tls_key_file: str = setting("", "the private key (PEM) of tls_cert_file")
+    tls_client_ca_file: str = setting("", "mutual TLS: require client certificates signed by this CA (PEM)")
+    reflection: bool = setting(True, "serve gRPC server reflection")
     # models
     model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
     default_model: str = setting("digits", "model used when a request names none")
@@ -122,6 +129,10 @@ class Settings:
         for name in ("triton_retry_seconds", "triton_startup_seconds", "triton_shm_idle_seconds", "triton_shm_max_idle_sets"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if self.triton_shared_memory and self.backend != "triton":
             problems.append("triton_shared_memory needs backend triton")
         for f in dataclasses.fields(self):

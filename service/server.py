@@ -19,6 +19,7 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ from service.config import Settings, redact_url
 from service.editing import EditService
 from service.metrics import Metrics
 from service.models import load_registry
+from service.tls import is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -118,21 +120,29 @@ async def start_server(settings: Settings) -> RunningServer:
     metrics = Metrics()  # a registry per server: in-process test servers never share one
     service = EditService(settings, registry, build_cache(settings), metrics)
     await log_cache(service, settings)
+    warn_if_open(settings)
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics)], options=server_options(settings))
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file:
+        port = server.add_secure_port(address, server_credentials(
+            Path(settings.tls_cert_file), Path(settings.tls_key_file),
+            Path(settings.tls_client_ca_file) if settings.tls_client_ca_file else None))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
     running = RunningServer(server, port, service, health_servicer, settings, metrics)
     if settings.metrics_port >= 0:
         try:
-            running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
+            running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         except OSError:  # the metrics port is taken: stop what started
             await server.stop(0)
             await service.aclose()
@@ -142,6 +152,15 @@ async def start_server(settings: Settings) -> RunningServer:
     await running.set_health(serving)
     running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
     return running
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Says loudly what a listener beyond loopback lacks: TLS, tokens."""
+    if is_loopback(settings.host):
+        return
+    if not settings.tls_cert_file:
+        log.warning("SECURITY: listening on %s:%s without TLS (--tls-cert-file): anyone on the path can read "
+                    "and alter the traffic", settings.host, settings.port)
 
 
 async def log_cache(service: EditService, settings: Settings) -> None:
