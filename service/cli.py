@@ -14,6 +14,7 @@ import grpc
 from service.config import SettingsError, add_arguments, load_settings
 from service.connection import add_connection_arguments, connection_from_args
 from service.errors import BackendError, ModelConfigError
+from service.tenants import TokensFileError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
@@ -89,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(serve(settings))
-    except (ModelConfigError, BackendError, OSError, SettingsError) as exc:
+    except (ModelConfigError, BackendError, OSError, SettingsError, TokensFileError) as exc:
         print(f"sdedit serve: {exc}", file=sys.stderr)
         return 1
 

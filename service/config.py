@@ -48,6 +48,9 @@ class Settings:
     tls_cert_file: str = setting("", "serve TLS with this certificate chain (PEM); reloaded when the file changes")
     tls_key_file: str = setting("", "the private key (PEM) of tls_cert_file")
     tls_client_ca_file: str = setting("", "mutual TLS: require client certificates signed by this CA (PEM)")
+    auth_tokens_file: str = setting("", "tenants, their tokens (or SHA-256 hashes) and limits (JSON); calls then need "
+                                    "`authorization: Bearer <token>`; reloaded when the file changes. Empty: no auth")
+    open_discovery: bool = setting(False, "with auth_tokens_file: reflection and ListModels answer without a token")
     reflection: bool = setting(True, "serve gRPC server reflection")
     # models
     model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")

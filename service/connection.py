@@ -52,7 +52,8 @@ class Connection:
         return grpc.intercept_channel(channel, _SyncToken(self.metadata())) if self.token else channel
 
     def aio_channel(self) -> grpc.aio.Channel:
-        interceptors = [_AioUnaryToken(self.metadata()), _AioStreamToken(self.metadata())] if self.token else None
+        interceptors = ([_AioUnaryToken(self.metadata()), _AioStreamToken(self.metadata()), _AioBidiToken(self.metadata())]
+                        if self.token else None)
         if self.secure:
             return grpc.aio.secure_channel(self.address, self._credentials(), options=self._options(),
                                            interceptors=interceptors)
@@ -90,7 +91,7 @@ def _with(details, metadata: tuple) -> _Details:
                     details.wait_for_ready, details.compression)
 
 
-class _SyncToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class _SyncToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor, grpc.StreamStreamClientInterceptor):
     def __init__(self, metadata: tuple):
         self._metadata = metadata
 
@@ -99,6 +100,9 @@ class _SyncToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterce
 
     def intercept_unary_stream(self, continuation, client_call_details, request):
         return continuation(_with(client_call_details, self._metadata), request)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(_with(client_call_details, self._metadata), request_iterator)
 
 
 def _aio_details(details, metadata: tuple) -> grpc.aio.ClientCallDetails:
@@ -121,3 +125,11 @@ class _AioStreamToken(grpc.aio.UnaryStreamClientInterceptor):
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
         return await continuation(_aio_details(client_call_details, self._metadata), request)
+
+
+class _AioBidiToken(grpc.aio.StreamStreamClientInterceptor):
+    def __init__(self, metadata: tuple):
+        self._metadata = metadata
+
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await continuation(_aio_details(client_call_details, self._metadata), request_iterator)

@@ -33,6 +33,7 @@ from service.models import LoadedModel, ModelRegistry
 from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
 from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.tenants import ANONYMOUS, Tenant
 from service.validation import RequestPlan, decode_job, plan_request
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,10 @@ class EditService:
         req: EditRequestData,
         deadline: float | None = None,
         on_progress: ProgressCallback | None = None,
+        tenant: Tenant = ANONYMOUS,
     ) -> EditOutcome:
-        """Runs one edit. deadline: time.monotonic() value, or None.
+        """Runs one edit. deadline: time.monotonic() value, or None. tenant: who asked (its
+        request_ids are its own; its share of the batch follows its weight).
 
         on_progress is called from the batch scheduler's thread after every step.
         """
@@ -143,7 +146,7 @@ class EditService:
             async def run() -> EditOutcome:
                 async with ticket.run(plan.cost.running_bytes) as queue_seconds:
                     self.metrics.admitted(queue_seconds)
-                    outcome = await self._run_batched(job, model, deadline, on_progress)
+                    outcome = await self._run_batched(job, model, deadline, on_progress, tenant)
                 outcome.timings.queue_seconds = queue_seconds
                 return outcome
 
@@ -163,7 +166,8 @@ class EditService:
         job = decode_job(plan, model, self.settings)
         return job, None if self.cache is None else request_key(job, model.info)
 
-    async def stream(self, req: EditRequestData, deadline: float | None = None) -> AsyncIterator[ProgressUpdate | EditOutcome]:
+    async def stream(self, req: EditRequestData, deadline: float | None = None,
+                     tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:
         """Yields progress updates, then the outcome. Closing the iterator cancels the edit."""
         loop = asyncio.get_running_loop()
         updates = ProgressBacklog(on_drop=self.metrics.progress_dropped)
@@ -171,7 +175,7 @@ class EditService:
         def on_progress(update: ProgressUpdate) -> None:
             loop.call_soon_threadsafe(updates.put, update)
 
-        task = asyncio.create_task(self.edit(req, deadline, on_progress))
+        task = asyncio.create_task(self.edit(req, deadline, on_progress, tenant))
         getter: asyncio.Task | None = None
         try:
             while True:
@@ -209,7 +213,7 @@ class EditService:
             return scheduler
 
     async def _run_batched(self, job: EditJob, model: LoadedModel, deadline: float | None,
-                           on_progress: ProgressCallback | None) -> EditOutcome:
+                           on_progress: ProgressCallback | None, tenant: Tenant = ANONYMOUS) -> EditOutcome:
         """Runs the edit in its shape's batch scheduler; a cancelled or timed-out edit leaves
         before the scheduler's next network call, and its admission slot is held until then."""
         started = time.perf_counter()

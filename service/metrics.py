@@ -124,6 +124,14 @@ class Metrics:
         self.progress_dropped_total = Counter("sdedit_stream_progress_dropped", "StreamEdit progress events dropped "
                                               "because the client read slower than the edit ran", registry=r)
 
+        # tenants (--auth-tokens-file): the label takes the tenant names of that file only, and
+        # "" for callers that are not one (no token, a wrong one)
+        self.tenant_requests_total = Counter("sdedit_tenant_requests", "edit requests by tenant, past authentication",
+                                             ("tenant",), registry=r)
+        self.tenant_rejections_total = Counter("sdedit_tenant_rejections", "calls refused by the tenant policy, by "
+                                               "reason: unauthenticated, permission_denied, max_in_flight, "
+                                               "work_per_minute", ("tenant", "reason"), registry=r)
+
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
         self.build_info.info({"version": _version("sdedit-service"), "python": platform.python_version(),
@@ -153,7 +161,17 @@ class Metrics:
                 "flexible_size": str(info.flexible_size).lower(), "default": str(info.name == default).lower(),
             })
 
+    def describe_tenants(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.tenant_requests_total.labels(name)
+
     # --- hooks ---------------------------------------------------------------------------
+
+    def tenant_request(self, tenant: str) -> None:
+        self.tenant_requests_total.labels(tenant).inc()
+
+    def tenant_rejected(self, tenant: str, reason: str) -> None:
+        self.tenant_rejections_total.labels(tenant, reason).inc()
 
     def rpc_started(self, method: str, rpc_type: str) -> None:
         service, name = split_method(method)

@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
+from service.api.auth import Gate
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
@@ -33,6 +34,7 @@ from service.config import Settings, redact_url
 from service.editing import EditService
 from service.metrics import Metrics
 from service.models import load_registry
+from service.tenants import TokensFile, TokensFileError
 from service.tls import is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None = None  # None: no /metrics endpoint
     watcher: asyncio.Task | None = None
+    gate: Gate | None = None  # the interceptor's tenant policy
 
     @property
     def address(self) -> str:
@@ -121,7 +124,12 @@ async def start_server(settings: Settings) -> RunningServer:
     service = EditService(settings, registry, build_cache(settings), metrics)
     await log_cache(service, settings)
     warn_if_open(settings)
-    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics)], options=server_options(settings))
+    try:
+        gate = build_gate(settings, service, metrics)
+    except TokensFileError:
+        await service.aclose()
+        raise
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -139,7 +147,7 @@ async def start_server(settings: Settings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server, port, service, health_servicer, settings, metrics)
+    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate)
     if settings.metrics_port >= 0:
         try:
             running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -154,13 +162,28 @@ async def start_server(settings: Settings) -> RunningServer:
     return running
 
 
+def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Gate:
+    """The interceptor's policy: tokens and tenants (none without --auth-tokens-file)."""
+    tokens = TokensFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    if tokens is not None:
+        metrics.describe_tenants(t.name for t in tokens.tenants)
+        log.info("authentication: %d tenant(s) from %s%s", len(tokens.tenants), settings.auth_tokens_file,
+                 "; reflection and ListModels open" if settings.open_discovery else "")
+    return Gate(tokens, open_discovery=settings.open_discovery, default_model=service.registry.default,
+                observer=metrics)
+
+
 def warn_if_open(settings: Settings) -> None:
     """Says loudly what a listener beyond loopback lacks: TLS, tokens."""
     if is_loopback(settings.host):
         return
-    if not settings.tls_cert_file:
-        log.warning("SECURITY: listening on %s:%s without TLS (--tls-cert-file): anyone on the path can read "
-                    "and alter the traffic", settings.host, settings.port)
+    missing = [what for what, on in (("TLS (--tls-cert-file)", settings.tls_cert_file),
+                                     ("authentication (--auth-tokens-file)", settings.auth_tokens_file)) if not on]
+    if missing:
+        log.warning("SECURITY: listening on %s:%s without %s: %s", settings.host, settings.port,
+                    " and without ".join(missing),
+                    "anyone who reaches this port can use it" if not settings.auth_tokens_file
+                    else "tokens and images cross the network in the clear")
 
 
 async def log_cache(service: EditService, settings: Settings) -> None:

@@ -112,3 +112,164 @@ def test_tls_settings_that_conflict_fail_at_start_up():
         load_settings(env={}, tls_client_ca_file="/ca.crt")
 
 
+
+
+# --- tokens and tenants ------------------------------------------------------------------
+
+TOKEN_A = "tok-a-" + "7" * 32
+TOKEN_B = "tok-b-" + "9" * 32
+
+
+def write_tokens(path, tenants: list[dict]):
+    import json
+
+    path.write_text(json.dumps({"tenants": tenants}))
+    return path
+
+
+def two_tenants(path, **light):
+    """Tenant a by its token's hash (the recommended form), b by the token itself."""
+    from service.tenants import hash_token
+
+    return write_tokens(path, [{"name": "a", "token_sha256": [hash_token(TOKEN_A)]},
+                               {"name": "b", "token": TOKEN_B, "models": ["gauss"], "methods": ["Edit"], **light}])
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value.code()
+
+
+def test_no_token_or_a_wrong_one_is_unauthenticated_a_good_one_works_and_health_is_open(make_server, tmp_path, guide16):
+    srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")))
+    with Client(srv.address) as anonymous:
+        assert code_of(lambda: anonymous.edit(edit_request(guide16), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        assert code_of(lambda: anonymous.list_models(timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    with Client(Connection(srv.address, token="tok-a-" + "8" * 32)) as wrong:
+        assert code_of(lambda: wrong.edit(edit_request(guide16), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    with Client(Connection(srv.address, token=TOKEN_A)) as good:
+        assert len(good.edit(edit_request(guide16), timeout=30).images) == 1
+        assert [event.WhichOneof("event") for event in good.stream_edit(edit_request(guide16), timeout=30)][-1] == "result"
+        assert good.list_models(timeout=10)
+    assert health(Connection(srv.address)) == health_pb2.HealthCheckResponse.SERVING
+    metrics = srv.running.metrics.registry
+    assert metrics.get_sample_value("sdedit_tenant_rejections_total", {"tenant": "", "reason": "unauthenticated"}) == 3
+    assert metrics.get_sample_value("sdedit_tenant_requests_total", {"tenant": "a"}) == 2
+    assert metrics.get_sample_value("sdedit_tenant_requests_total", {"tenant": "b"}) == 0
+
+
+def test_a_tenant_beyond_its_rights_is_permission_denied(make_server, tmp_path, guide16):
+    srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")))
+    with Client(Connection(srv.address, token=TOKEN_B)) as b:
+        assert len(b.edit(edit_request(guide16), timeout=30).images) == 1  # gauss, by Edit: its rights
+        assert code_of(lambda: b.edit(edit_request(guide16, model="gauss-ve"), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: b.list_models(timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: list(b.stream_edit(edit_request(guide16), timeout=10))) == grpc.StatusCode.PERMISSION_DENIED
+
+
+def reflection_services(connection: Connection) -> list[str]:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with connection.channel() as channel:
+        replies = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+        return [s.name for reply in replies for s in reply.list_services_response.service]
+
+
+@pytest.mark.parametrize("open_discovery", [False, True])
+def test_reflection_and_list_models_follow_the_open_discovery_setting(make_server, tmp_path, open_discovery):
+    srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")), open_discovery=open_discovery)
+    anonymous = Connection(srv.address)
+    if open_discovery:
+        assert "sdedit.v1.ImageEditor" in reflection_services(anonymous)
+        with Client(anonymous) as client:
+            assert client.list_models(timeout=10)
+    else:
+        assert code_of(lambda: reflection_services(anonymous)) == grpc.StatusCode.UNAUTHENTICATED
+        assert "sdedit.v1.ImageEditor" in reflection_services(Connection(srv.address, token=TOKEN_A))
+
+
+def test_the_tokens_file_is_reloaded_when_it_changes_and_a_broken_one_is_ignored(make_server, tmp_path, guide16):
+    from service import tenants
+
+    path = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A}])
+    srv = make_server(auth_tokens_file=str(path))
+    tokens = srv.running.gate.tokens
+    tokens.check_seconds = 0.0
+    with Client(Connection(srv.address, token=TOKEN_B)) as b:
+        assert code_of(lambda: b.list_models(timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        write_tokens(tmp_path / "new.json", [{"name": "a", "token": TOKEN_A}, {"name": "b", "token": TOKEN_B}])
+        (tmp_path / "new.json").replace(path)
+        assert b.list_models(timeout=10)
+        path.write_text("{not json")
+        assert b.list_models(timeout=10)  # the previous tenants stay
+    assert tokens.reloads == 1 and tenants.RELOAD_CHECK_SECONDS > 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[]", "expected"),
+    ('{"tenants": [{"name": "A", "token": "x"}]}', "name"),
+    ('{"tenants": [{"name": "a"}]}', "no token_sha256 or token"),
+    ('{"tenants": [{"name": "a", "token": "short"}]}', "at least 16"),
+    ('{"tenants": [{"name": "a", "token_sha256": "abc"}]}', "hex SHA-256"),
+    ('{"tenants": [{"name": "a", "token": "0123456789abcdef", "weight": 0}]}', "weight"),
+    ('{"tenants": [{"name": "a", "token": "0123456789abcdef", "methods": ["Delete"]}]}', "methods"),
+    ('{"tenants": [{"name": "a", "token": "0123456789abcdef"}, {"name": "b", "token": "0123456789abcdef"}]}', "twice"),
+    ('{"tenants": [{"name": "a", "token": "0123456789abcdef", "quota": 1}]}', "unknown field"),
+])
+def test_a_malformed_tokens_file_is_refused_with_a_reason_that_quotes_no_token(text, message):
+    from service.tenants import TokensFileError, parse_tokens
+
+    with pytest.raises(TokensFileError, match=message) as raised:
+        parse_tokens(text)
+    assert "0123456789abcdef" not in str(raised.value)
+
+
+def test_tokens_never_reach_the_log_and_the_cli_clients_speak_tls_with_a_token(serve, ca, tmp_path, guide16):
+    """`sdedit serve` at DEBUG with TLS and tokens; `sdedit models` and `sdedit edit` (subprocesses) over TLS
+    with a token, a wrong token and none; the whole log is searched for the tokens."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pair = ca.issue("server")
+    tokens = two_tenants(tmp_path / "tokens.json")
+    process = serve("--tls-cert-file", str(pair.cert), "--tls-key-file", str(pair.key), "--auth-tokens-file", str(tokens),
+                    "--log-level", "DEBUG", tls_ca=ca.cert)
+    sdedit = str(Path(sys.executable).parent / "sdedit")
+    image = tmp_path / "guide.png"
+    image.write_bytes(png(guide16))
+
+    def cli(*args, token=None):
+        env = {"SDEDIT_TOKEN": token} if token else {}
+        import os
+        return subprocess.run([sdedit, *args, "--address", process.address, "--tls-ca-file", str(ca.cert)],
+                              capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+
+    models = cli("models", token=TOKEN_A)
+    assert models.returncode == 0 and "gauss" in models.stdout
+    edited = cli("edit", str(image), "-o", str(tmp_path / "out.png"), "--steps", "2", "--seed", "1", "--quiet",
+                 "--token", TOKEN_A)
+    assert edited.returncode == 0, edited.stderr
+    assert (tmp_path / "out.png").exists()
+    assert "UNAUTHENTICATED" in cli("models").stderr
+    assert "UNAUTHENTICATED" in cli("models", token=TOKEN_A[:-1] + "x").stderr
+    assert "PERMISSION_DENIED" in cli("models", token=TOKEN_B).stderr
+    log = process.output()
+    assert "authentication: 2 tenant(s)" in log
+    for secret in (TOKEN_A, TOKEN_B, TOKEN_A[:-1] + "x", TOKEN_A[6:], TOKEN_B[6:]):
+        assert secret not in log
+    assert "Bearer" not in log
+
+
+def test_start_up_warns_loudly_without_tls_or_tokens_beyond_loopback(caplog):
+    from service.config import load_settings
+    from service.server import warn_if_open
+
+    with caplog.at_level("WARNING", logger="service.server"):
+        warn_if_open(load_settings(env={}, host="127.0.0.1"))
+        assert caplog.records == []
+        warn_if_open(load_settings(env={}, host="0.0.0.0"))
+    (record,) = caplog.records
+    assert "SECURITY" in record.message and "--auth-tokens-file" in record.message and "--tls-cert-file" in record.message
