@@ -238,7 +238,8 @@ class EditService:
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)
         trajectory = await asyncio.to_thread(self._trajectory, job, model)
-        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step))
+        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step,
+                                                                                     tenant.name, tenant.weight))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import time
 
 import grpc
 import pytest
@@ -273,3 +274,66 @@ def test_start_up_warns_loudly_without_tls_or_tokens_beyond_loopback(caplog):
         warn_if_open(load_settings(env={}, host="0.0.0.0"))
     (record,) = caplog.records
     assert "SECURITY" in record.message and "--auth-tokens-file" in record.message and "--tls-cert-file" in record.message
+
+
+# --- the fair share ----------------------------------------------------------------------
+
+HEAVY_TOKEN, LIGHT_TOKEN = "heavy-" + "1" * 32, "light-" + "2" * 32
+NETWORK_SECONDS = 0.03  # each call sleeps this long, as a GPU's would take whatever its batch
+
+
+def _light_edits(client: Client, guide16, count: int, interval: float, timeout: float) -> list[float | grpc.StatusCode]:
+    """One edit every `interval` s: each one's latency, or its error code."""
+    results: list[float | grpc.StatusCode] = []
+    for i in range(count):
+        started = time.monotonic()
+        try:
+            client.edit(build_request(png(guide16), t0=0.5, steps=10, seed=1000 + i), timeout=timeout)
+            results.append(time.monotonic() - started)
+        except grpc.RpcError as exc:
+            results.append(exc.code())
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    return results
+
+
+def _heavy_load(client: Client, guide16) -> list:
+    """18 long edits (every level from t0 = 1: a thousand calls each), left running."""
+    return [client.stub.Edit.future(build_request(png(guide16), t0=1.0, full_schedule=True, seed=i), timeout=120)
+            for i in range(18)]
+
+
+@pytest.mark.parametrize("tenants", [False, True], ids=["one-tenant-starves", "fair-share"])
+def test_a_heavy_tenant_cannot_starve_a_light_one(make_server, tmp_path, guide16, tenants):
+    """The starvation of the issue, then the fair share: max_batch_images 4, a heavy client
+    holding 18 long edits, a light one sending an edit every second. As one tenant (no tokens:
+    oldest first) the light edits wait behind the backlog and all miss a deadline of 4x their
+    solo latency; as two tenants every light edit succeeds with p99 within 2x its solo latency."""
+    from tests.models_for_tests import counting
+
+    settings = dict(max_active_edits=24, max_queue=8, max_batch_images=4, cache="none")
+    if tenants:
+        settings["auth_tokens_file"] = str(write_tokens(tmp_path / "tokens.json", [
+            {"name": "heavy", "token": HEAVY_TOKEN}, {"name": "light", "token": LIGHT_TOKEN}]))
+    srv = make_server(wrap_model=counting(NETWORK_SECONDS), **settings)
+    heavy_client = Client(Connection(srv.address, token=HEAVY_TOKEN if tenants else ""))
+    light_client = Client(Connection(srv.address, token=LIGHT_TOKEN if tenants else ""))
+    try:
+        solo = sorted(_light_edits(light_client, guide16, 3, 0.0, 30))
+        assert all(isinstance(s, float) for s in solo)
+        solo_latency = solo[1]
+        heavy = _heavy_load(heavy_client, guide16)
+        time.sleep(1.0)  # the backlog is in
+        light = _light_edits(light_client, guide16, 8 if tenants else 3, 1.0, max(4 * solo_latency, 2.0))
+        assert not any(f.done() for f in heavy)  # the heavy edits were running all along
+    finally:
+        for f in locals().get("heavy", []):
+            f.cancel()
+        heavy_client.close()
+        light_client.close()
+    if not tenants:
+        assert light == [grpc.StatusCode.DEADLINE_EXCEEDED] * 3
+        return
+    assert all(isinstance(x, float) for x in light), light
+    p99 = sorted(light)[-1]  # of 8: the worst
+    print(f"solo {solo}, light under load {light}")
+    assert p99 <= 2 * solo_latency, (solo, light)
