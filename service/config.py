@@ -52,6 +52,10 @@ class Settings:
                                     "`authorization: Bearer <token>`; reloaded when the file changes. Empty: no auth")
     open_discovery: bool = setting(False, "with auth_tokens_file: reflection and ListModels answer without a token")
     reflection: bool = setting(True, "serve gRPC server reflection")
+    quota_fail_open: bool = setting(True, "when the quota store (Redis) is down: admit (true) or refuse with "
+                                    "UNAVAILABLE (false); either way counted in sdedit_quota_store_errors_total")
+    quota_lease_seconds: float = setting(900.0, "an edit counts against its tenant's max_in_flight in Redis at most "
+                                         "this long (a replica that died mid-edit frees its share after it)")
     # models
     model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
     default_model: str = setting("digits", "model used when a request names none")
@@ -136,6 +140,8 @@ class Settings:
             problems.append("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             problems.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if not self.quota_lease_seconds > 0:
+            problems.append(f"quota_lease_seconds must be > 0, got {self.quota_lease_seconds}")
         if self.triton_shared_memory and self.backend != "triton":
             problems.append("triton_shared_memory needs backend triton")
         for f in dataclasses.fields(self):

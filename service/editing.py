@@ -33,6 +33,7 @@ from service.models import LoadedModel, ModelRegistry
 from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
 from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.sdedit.engine import plan_levels
 from service.tenants import ANONYMOUS, Tenant
 from service.validation import RequestPlan, decode_job, plan_request
 
@@ -160,6 +161,14 @@ class EditService:
         outcome.timings.total_seconds = time.perf_counter() - received
         self.metrics.edit_finished(outcome)
         return outcome
+
+    def work(self, req: EditRequestData) -> int:
+        """What the request asks of the network: calls x images (the tenants' work quota).
+        Raises the request's InvalidArgument, as edit() would."""
+        model = self.registry.get(req.model)
+        plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
+                            in_process_network=self.settings.backend == "onnx")
+        return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
 
     def _prepare(self, plan: RequestPlan, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""

@@ -132,6 +132,10 @@ class Metrics:
                                                "reason: unauthenticated, permission_denied, max_in_flight, "
                                                "work_per_minute", ("tenant", "reason"), registry=r)
 
+        self.quota_store_errors_total = Counter("sdedit_quota_store_errors", "quota checks the store (Redis) could not "
+                                                "answer, by what was done: allowed (quota_fail_open) or refused",
+                                                ("decision",), registry=r)
+
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
         self.build_info.info({"version": _version("sdedit-service"), "python": platform.python_version(),
@@ -169,6 +173,9 @@ class Metrics:
 
     def tenant_request(self, tenant: str) -> None:
         self.tenant_requests_total.labels(tenant).inc()
+
+    def quota_store_error(self, decision: str) -> None:
+        self.quota_store_errors_total.labels(decision).inc()
 
     def tenant_rejected(self, tenant: str, reason: str) -> None:
         self.tenant_rejections_total.labels(tenant, reason).inc()

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
 from service.api.auth import Gate
+from service.api.convert import edit_request_from_proto
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
@@ -34,6 +35,7 @@ from service.config import Settings, redact_url
 from service.editing import EditService
 from service.metrics import Metrics
 from service.models import load_registry
+from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
 from service.tenants import TokensFile, TokensFileError
 from service.tls import is_loopback, server_credentials
 
@@ -169,8 +171,20 @@ def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Ga
         metrics.describe_tenants(t.name for t in tokens.tenants)
         log.info("authentication: %d tenant(s) from %s%s", len(tokens.tenants), settings.auth_tokens_file,
                  "; reflection and ListModels open" if settings.open_discovery else "")
+    quotas = None
+    if tokens is not None:  # a reload may add limits: the quotas are always there with tenants
+        store = getattr(service.cache.store if service.cache is not None else None, "client", None)
+        quotas = Quotas(RedisQuotaStore(store, settings.cache_key_prefix) if store is not None else MemoryQuotaStore(),
+                        fail_open=settings.quota_fail_open, lease_seconds=settings.quota_lease_seconds,
+                        timeout=settings.redis_timeout_seconds, observer=metrics)
+        log.info("tenant quotas: %s", "in redis, shared by the replicas" if store is not None else
+                 "in memory, this replica's own")
+
+    def work_of(request) -> int:
+        return service.work(edit_request_from_proto(request))
+
     return Gate(tokens, open_discovery=settings.open_discovery, default_model=service.registry.default,
-                observer=metrics)
+                observer=metrics, quotas=quotas, work_of=work_of)
 
 
 def warn_if_open(settings: Settings) -> None:

@@ -42,7 +42,7 @@ def served_serial(port: int) -> str:
 
 
 def edit_request(guide16, **kwargs):
-    return build_request(png(guide16), t0=0.3, steps=2, seed=1, **kwargs)
+    return build_request(png(guide16), **{"t0": 0.3, "steps": 2, "seed": 1, **kwargs})
 
 
 # --- TLS ------------------------------------------------------------------------------------
@@ -337,3 +337,108 @@ def test_a_heavy_tenant_cannot_starve_a_light_one(make_server, tmp_path, guide16
     p99 = sorted(light)[-1]  # of 8: the worst
     print(f"solo {solo}, light under load {light}")
     assert p99 <= 2 * solo_latency, (solo, light)
+
+
+# --- quotas ------------------------------------------------------------------------------
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    """The google.rpc.RetryInfo delay of an error, in seconds."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    for detail in rpc_status.from_call(error).details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
+
+
+def refused(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call()
+    return raised.value
+
+
+def test_work_per_minute_counts_network_calls_times_images_and_says_when_to_retry(make_server, tmp_path, guide16):
+    """Each edit is 2 steps: 2 x num_samples of work; the tenant has 40 a minute."""
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "work_per_minute": 40}])
+    srv = make_server(auth_tokens_file=str(tokens), max_batch_images=32)
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:
+        assert len(a.edit(edit_request(guide16, num_samples=16), timeout=30).images) == 16  # 32 of 40
+        a.edit(edit_request(guide16), timeout=30)  # 34
+        a.edit(edit_request(guide16, num_samples=3), timeout=30)  # 40
+        over = refused(lambda: a.edit(edit_request(guide16), timeout=30))
+        assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "work quota" in over.details()
+        assert 2.5 <= retry_delay(over) <= 3.01  # 2 units at 40 a minute: 3 s
+        whole = refused(lambda: a.edit(edit_request(guide16, num_samples=16, repeats=2), timeout=30))  # 64 > 40
+        assert whole.code() == grpc.StatusCode.PERMISSION_DENIED
+        invalid = refused(lambda: a.edit(edit_request(guide16, t0=1.5), timeout=30))  # checked before the quota
+        assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT
+    metrics = srv.running.metrics.registry
+    assert metrics.get_sample_value("sdedit_tenant_rejections_total", {"tenant": "a", "reason": "work_per_minute"}) == 1
+
+
+def test_max_in_flight_refuses_an_edit_beyond_it_until_one_ends(make_server, tmp_path, guide16):
+    from tests.models_for_tests import counting
+
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "max_in_flight": 1},
+                                                     {"name": "b", "token": TOKEN_B}])
+    srv = make_server(wrap_model=counting(0.01), auth_tokens_file=str(tokens), cache="none")
+    with Client(Connection(srv.address, token=TOKEN_A)) as a, Client(Connection(srv.address, token=TOKEN_B)) as b:
+        long = a.stub.Edit.future(build_request(png(guide16), t0=1.0, steps=300, seed=1), timeout=60)
+        time.sleep(0.5)
+        over = refused(lambda: a.edit(edit_request(guide16), timeout=30))
+        assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_in_flight" in over.details()
+        assert retry_delay(over) == 1.0
+        b.edit(edit_request(guide16), timeout=30)  # another tenant is not held back
+        long.result(60)
+        a.edit(edit_request(guide16), timeout=30)  # its lease was released
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_with_redis_down_quotas_fail_open_or_closed_as_set_and_say_so_in_metrics(make_server, tmp_path, guide16, fail_open):
+    from tests.servers import free_port
+
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "work_per_minute": 1000}])
+    srv = make_server(auth_tokens_file=str(tokens), cache="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0",
+                      quota_fail_open=fail_open, redis_timeout_seconds=0.2)
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:
+        if fail_open:
+            a.edit(edit_request(guide16), timeout=30)
+        else:
+            assert refused(lambda: a.edit(edit_request(guide16), timeout=30)).code() == grpc.StatusCode.UNAVAILABLE
+    decision = "allowed" if fail_open else "refused"
+    assert srv.running.metrics.registry.get_sample_value("sdedit_quota_store_errors_total", {"decision": decision}) == 1
+
+
+@pytest.mark.e2e
+def test_two_service_processes_sharing_one_redis_enforce_one_tenant_quota(serve, redis_server, tmp_path, guide16):
+    """`sdedit serve` twice on one real Redis: a tenant's work per minute (2 units an edit, 10 a
+    minute) and its edits in flight (1) are counted once for both replicas."""
+    tokens = write_tokens(tmp_path / "tokens.json", [
+        {"name": "a", "token": TOKEN_A, "work_per_minute": 10},
+        {"name": "b", "token": TOKEN_B, "max_in_flight": 1}])
+    servers = [serve("--auth-tokens-file", str(tokens), "--cache", "redis", "--redis-url", redis_server.url)
+               for _ in range(2)]
+    clients = [Client(Connection(s.address, token=TOKEN_A)) for s in servers]
+    try:
+        for i in range(5):
+            clients[i % 2].edit(edit_request(guide16, seed=i), timeout=30)
+        for client in clients:
+            over = refused(lambda c=client: c.edit(edit_request(guide16), timeout=30))
+            assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and retry_delay(over) > 0
+        b = [Client(Connection(s.address, token=TOKEN_B)) for s in servers]
+        long = b[0].stub.Edit.future(build_request(png(guide16), t0=1.0, full_schedule=True, repeats=10, seed=2),
+                                     timeout=60)
+        time.sleep(1.0)
+        over = refused(lambda: b[1].edit(edit_request(guide16), timeout=30))
+        assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_in_flight" in over.details()
+        long.cancel()
+        for client in b:
+            client.close()
+    finally:
+        for client in clients:
+            client.close()
+    assert "tenant quotas: in redis" in servers[0].output()
