@@ -141,7 +141,7 @@ class EditService:
         ticket = self.admission.reserve(plan.cost.held_bytes)
         try:
             async with self._decodes:
-                job, key = await asyncio.to_thread(self._prepare, plan, model)
+                job, key = await asyncio.to_thread(self._prepare, plan, model, tenant.name)
             self.metrics.decoded(model.info.name, job.decode_seconds)
 
             async def run() -> EditOutcome:
@@ -159,7 +159,7 @@ class EditService:
             ticket.release()
         outcome.timings.decode_seconds = job.decode_seconds
         outcome.timings.total_seconds = time.perf_counter() - received
-        self.metrics.edit_finished(outcome)
+        self.metrics.edit_finished(outcome, tenant.name)
         return outcome
 
     def work(self, req: EditRequestData) -> int:
@@ -170,10 +170,10 @@ class EditService:
                             in_process_network=self.settings.backend == "onnx")
         return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
 
-    def _prepare(self, plan: RequestPlan, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
+    def _prepare(self, plan: RequestPlan, model: LoadedModel, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
         job = decode_job(plan, model, self.settings)
-        return job, None if self.cache is None else request_key(job, model.info)
+        return job, None if self.cache is None else request_key(job, model.info, tenant)
 
     async def stream(self, req: EditRequestData, deadline: float | None = None,
                      tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:

@@ -442,3 +442,54 @@ def test_two_service_processes_sharing_one_redis_enforce_one_tenant_quota(serve,
         for client in clients:
             client.close()
     assert "tenant quotas: in redis" in servers[0].output()
+
+
+# --- request_id per tenant, metrics per tenant, the metrics endpoint -----------------------
+
+
+def test_a_request_id_is_the_tenants_own(make_server, tmp_path, guide16):
+    srv = make_server(auth_tokens_file=str(write_tokens(tmp_path / "tokens.json", [
+        {"name": "a", "token": TOKEN_A}, {"name": "b", "token": TOKEN_B}])))
+    with Client(Connection(srv.address, token=TOKEN_A)) as a, Client(Connection(srv.address, token=TOKEN_B)) as b:
+        first = a.edit(edit_request(guide16, request_id="order-1", seed=1), timeout=30)
+        # b's order-1 is another request: no conflict with a's, and not a's response
+        other = b.edit(edit_request(guide16, request_id="order-1", seed=2), timeout=30)
+        assert other.images[0].seed == 2 and not other.cached
+        assert a.edit(edit_request(guide16, request_id="order-1", seed=1), timeout=30).images[0].data == first.images[0].data
+        squat = refused(lambda: a.edit(edit_request(guide16, request_id="order-1", seed=3), timeout=30))
+        assert squat.code() == grpc.StatusCode.ALREADY_EXISTS
+    metrics = srv.running.metrics.registry
+    assert metrics.get_sample_value("sdedit_tenant_work_total", {"tenant": "a"}) == 2  # 2 calls x 1 image; the replay: none
+    assert metrics.get_sample_value("sdedit_tenant_work_total", {"tenant": "b"}) == 2
+
+
+def test_the_metrics_endpoint_binds_loopback_by_default_and_stays_bounded(make_server):
+    import urllib.request
+
+    from service.config import Settings
+    from service.metrics import MetricsServer
+
+    assert Settings().metrics_host == "127.0.0.1"
+    srv = make_server(metrics_port=0)
+    port = srv.running.metrics_port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(20)]  # connect, send nothing
+    try:
+        time.sleep(0.5)
+        import threading
+
+        workers = [t for t in threading.enumerate() if t.name.startswith("sdedit-metrics")]
+        assert len(workers) <= MetricsServer.WORKERS + 1  # the workers and the accepting thread
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.2)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert closed >= 20 - MetricsServer.WORKERS - MetricsServer.BACKLOG  # beyond the bound: closed at once
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.2)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        assert b"sdedit_edits_in_flight" in reply.read()
