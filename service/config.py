@@ -38,6 +38,8 @@ class Settings:
     host: str = setting("0.0.0.0", "address the gRPC server binds")
     port: int = setting(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
+    health_port: int = setting(-1, "a plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS "
+                               "(Kubernetes' gRPC probes); -1: none (health is on the gRPC port as well, always)")
     metrics_host: str = setting("127.0.0.1", "address the metrics endpoint binds: loopback by default; in Kubernetes "
                                 "the pod IP (status.podIP), never 0.0.0.0 unless a firewall guards it")
     max_message_mib: int = setting(64, "largest gRPC message sent (a response), MiB; larger responses are refused up front")
@@ -111,6 +113,10 @@ class Settings:
             problems.append(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
         if self.port and self.port == self.metrics_port:
             problems.append(f"port and metrics_port are both {self.port}")
+        if not -1 <= self.health_port <= 65535:
+            problems.append(f"health_port must be in [-1, 65535], got {self.health_port}")
+        if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
+            problems.append(f"health_port {self.health_port} is taken by port or metrics_port")
         for name in ("max_active_edits", "max_batch_images", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
                      "max_request_mib", "memory_budget_mib", "max_decodes",
                      "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):

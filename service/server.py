@@ -72,6 +72,8 @@ class RunningServer:
     metrics_port: int | None = None  # None: no /metrics endpoint
     watcher: asyncio.Task | None = None
     gate: Gate | None = None  # the interceptor's tenant policy
+    health_server: grpc.aio.Server | None = None  # --health-port: plaintext, grpc.health.v1 only
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -101,6 +103,8 @@ class RunningServer:
         if finished and linger > 0:
             await asyncio.sleep(linger)
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.aclose()
         self.metrics.close()
         return finished
@@ -157,6 +161,16 @@ async def start_server(settings: Settings) -> RunningServer:
             await server.stop(0)
             await service.aclose()
             raise
+    if settings.health_port >= 0:
+        running.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, running.health_server)
+        running.health_port = running.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if running.health_port == 0:
+            await server.stop(0)
+            await service.aclose()
+            metrics.close()
+            raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
+        await running.health_server.start()
     await health_servicer.set(LIVENESS, SERVING)
     serving = await asyncio.to_thread(service.registry.ready)
     await running.set_health(serving)

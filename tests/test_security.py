@@ -493,3 +493,15 @@ def test_the_metrics_endpoint_binds_loopback_by_default_and_stays_bounded(make_s
     time.sleep(0.2)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         assert b"sdedit_edits_in_flight" in reply.read()
+
+
+def test_a_plaintext_health_port_answers_probes_while_the_grpc_port_serves_tls_only(make_server, ca):
+    from service.client import Client as EditClient
+    from tests.servers import free_port
+
+    pair = ca.issue("server")
+    srv = make_server(tls_cert_file=str(pair.cert), tls_key_file=str(pair.key), health_port=free_port())
+    probe = Connection(f"127.0.0.1:{srv.running.health_port}")
+    assert health(probe) == health_pb2.HealthCheckResponse.SERVING
+    with EditClient(probe) as client:  # only health there
+        assert code_of(lambda: client.list_models(timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
