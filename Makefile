@@ -48,6 +48,7 @@ serve: setup
 
 test: setup triton-tools promtool
 	bash scripts/install_test_tools.sh  # redis-server and openssl for the cache tests, if missing
+	bash scripts/install_node_client.sh  # @grpc/grpc-js (npm, pinned in tests/node) for the non-Python client test
 	PYTHON=$(BIN)/python bash scripts/install_kubectl.sh  # kubectl (kustomize) for the manifest tests, if missing
 	$(BIN)/python -m pytest
 

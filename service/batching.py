@@ -8,10 +8,16 @@ chosen edits' samples, each sample with its own timestep, then every chosen edit
 its own step. Edits join and leave between ticks (continuous batching); an edit always brings
 all of its samples.
 
-Policy, when the active edits' samples exceed `max_batch_images`: oldest first. Whole edits
-are taken in arrival order while they fit; an edit that does not fit waits for the next tick
-and, being older than every later arrival, is never starved (each edit ahead of it finishes
-in a bounded number of calls). Before every call, every edit's stop condition (cancelled,
+Policy, when the active edits' samples exceed `max_batch_images`: a fair share across tenants
+by weight, then oldest first within one. Each tenant's images served are counted (divided by
+its weight, across ticks); the call is filled edit by edit, each time from the tenant served
+least so far that has an edit that fits, taking its oldest edit that fits (whole edits
+only). A tenant that becomes active starts level with the least served of the active ones,
+so it neither waits behind a heavy tenant's backlog nor gets a burst for its idle time. With
+one tenant (no --auth-tokens-file) this is oldest first: whole edits in arrival order while
+they fit; an edit that does not fit waits for the next tick and, being older than every later
+arrival of its tenant, is never starved (each edit ahead of it finishes in a bounded number
+of calls). Before every call, every edit's stop condition (cancelled,
 deadline, shutdown) is checked: a stopped edit leaves before the next call and frees its place.
 
 A sample's output depends on its own request and seed only: the math runs per edit on its own
@@ -55,6 +61,8 @@ class ActiveEdit:
     should_stop: Callable[[], bool]
     on_step: Callable[[StepEvent], None] | None
     order: int
+    tenant: str = ""
+    weight: float = 1.0
     network_seconds: float = 0.0
     started: bool = field(default=False)
 
@@ -73,6 +81,7 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._order = itertools.count()
+        self._served: dict[str, float] = {}  # images served / weight, per active tenant (fair share)
         # Next steps' noise is drawn on these threads while the network call runs (numpy's
         # generators release the GIL), each sample from its own generator in its own order.
         self._noise = ThreadPoolExecutor(noise_threads, thread_name_prefix=f"sdedit-noise-{name}") if noise_threads else None
@@ -83,12 +92,15 @@ class BatchScheduler:
             return len(self._edits)
 
     def submit(self, trajectory: EditTrajectory, should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[StepEvent], None] | None = None) -> Future:
-        """Adds an edit; its future resolves to its EditResult (or its error) when it leaves."""
+               on_step: Callable[[StepEvent], None] | None = None, tenant: str = "", weight: float = 1.0) -> Future:
+        """Adds an edit; its future resolves to its EditResult (or its error) when it leaves.
+        tenant, weight: whose it is, and that tenant's share of a full call."""
+        if not weight > 0:
+            raise ValueError(f"weight must be > 0, got {weight}")
         if trajectory.batch > self.max_batch_images:
             raise ValueError(f"{trajectory.batch} samples exceed the batch of {self.max_batch_images} images")
         future: Future = Future()
-        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order))
+        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order), tenant, weight)
         with self._wake:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
@@ -148,12 +160,46 @@ class BatchScheduler:
         self._edits = kept
 
     def _choose(self) -> list[ActiveEdit]:
-        """Oldest first, whole edits, while they fit in one call (lock held)."""
-        chosen, images = [], 0
-        for edit in self._edits:
-            if images + edit.trajectory.batch <= self.max_batch_images:
-                chosen.append(edit)
-                images += edit.trajectory.batch
+        """Whole edits for one call: a fair share across tenants by weight, oldest first
+        within one (lock held)."""
+        queues: dict[str, list[ActiveEdit]] = {}
+        for edit in self._edits:  # arrival order: each tenant's edits oldest first
+            queues.setdefault(edit.tenant, []).append(edit)
+        served = self._served
+        for gone in set(served) - set(queues):
+            del served[gone]
+        level = min(served.values(), default=0.0)
+        for tenant in queues:
+            served.setdefault(tenant, level)  # newly active: level with the least served
+        if sum(edit.trajectory.batch for edit in self._edits) <= self.max_batch_images:
+            chosen = list(self._edits)  # everything fits: nobody waits
+            for edit in chosen:
+                served[edit.tenant] += edit.trajectory.batch / edit.weight
+        else:
+            chosen = self._fill(queues, served)
+        low = min(served.values(), default=0.0)
+        for tenant in served:  # keep the counts small: only their differences matter
+            served[tenant] -= low
+        return chosen
+
+    def _fill(self, queues: dict[str, list[ActiveEdit]], served: dict[str, float]) -> list[ActiveEdit]:
+        """Fills one call edit by edit from the least served tenant that has an edit that fits
+        (ties: the tenant with the oldest edit), taking that tenant's oldest edit that fits."""
+        chosen, room = [], self.max_batch_images
+        candidates = {tenant: list(edits) for tenant, edits in queues.items()}
+        while candidates:
+            tenant = min(candidates, key=lambda name: (served[name], candidates[name][0].order))
+            edit = next((e for e in candidates[tenant] if e.trajectory.batch <= room), None)
+            if edit is None:
+                del candidates[tenant]  # nothing of this tenant fits what is left of the call
+                continue
+            candidates[tenant].remove(edit)
+            if not candidates[tenant]:
+                del candidates[tenant]
+            chosen.append(edit)
+            room -= edit.trajectory.batch
+            served[tenant] += edit.trajectory.batch / edit.weight
+        chosen.sort(key=lambda e: e.order)
         return chosen
 
     def _tick(self, batch: list[ActiveEdit]) -> None:

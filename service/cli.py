@@ -12,7 +12,9 @@ from pathlib import Path
 import grpc
 
 from service.config import SettingsError, add_arguments, load_settings
+from service.connection import add_connection_arguments, connection_from_args
 from service.errors import BackendError, ModelConfigError
+from service.tenants import TokensFileError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
@@ -23,6 +25,7 @@ def _client_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -
     parser = sub.add_parser(name, help=help_text, description=help_text)
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help=f"server HOST:PORT (default {DEFAULT_ADDRESS})")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline in seconds (default 600)")
+    add_connection_arguments(parser)
     return parser
 
 
@@ -156,7 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(serve(settings))
-    except (ModelConfigError, BackendError, OSError, SettingsError) as exc:
+    except (ModelConfigError, BackendError, OSError, SettingsError, TokensFileError) as exc:
         print(f"sdedit serve: {exc}", file=sys.stderr)
         return 1
 
@@ -170,8 +173,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from service.client import SAMPLER_NAMES, SPACING_NAMES, Client
 
     try:
-        with Client(args.address) as client:
+        with Client(connection_from_args(args)) as client:
             models = client.list_models(timeout=args.timeout)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except grpc.RpcError as exc:
         return _print_rpc_error(exc)
     for m in models:
@@ -226,14 +232,15 @@ def cmd_edit(args: argparse.Namespace) -> int:
             model=args.model, npy=args.npy, preview_every=args.preview_every, request_id=args.request_id,
             spacing=args.spacing, full_schedule=args.full_schedule,
         )
-    except OSError as exc:
+        connection = connection_from_args(args)
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     bar = ProgressBar(not args.quiet)
     started = time.perf_counter()
     result = None
     try:
-        with Client(args.address) as client:
+        with Client(connection) as client:
             for event in client.stream_edit(request, timeout=args.timeout):
                 kind = event.WhichOneof("event")
                 if kind == "progress":

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import grpc
-
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
+from service.connection import MAX_MESSAGE, Connection
 
 SAMPLERS = {None: pb.SAMPLER_UNSPECIFIED, "ddpm": pb.SAMPLER_DDPM, "ddim": pb.SAMPLER_DDIM,
             "euler_maruyama": pb.SAMPLER_EULER_MARUYAMA, "dpmpp_2m": pb.SAMPLER_DPMPP_2M,
@@ -16,7 +15,7 @@ SPACINGS = {None: pb.SPACING_UNSPECIFIED, "time_uniform": pb.SPACING_TIME_UNIFOR
             "logsnr_uniform": pb.SPACING_LOGSNR_UNIFORM, "karras": pb.SPACING_KARRAS}
 SAMPLER_NAMES = {value: name for name, value in SAMPLERS.items() if name}
 SPACING_NAMES = {value: name for name, value in SPACINGS.items() if name}
-MAX_MESSAGE = 64 * 1024 * 1024
+__all__ = ["MAX_MESSAGE", "Client", "Connection", "build_request"]
 
 
 def build_request(image: bytes, *, mask: bytes = b"", t0: float = 0.5, steps: int = 0, repeats: int = 1,
@@ -35,9 +34,10 @@ def build_request(image: bytes, *, mask: bytes = b"", t0: float = 0.5, steps: in
 
 
 class Client:
-    def __init__(self, address: str):
-        self.channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])
+    def __init__(self, address: str | Connection):
+        """address: HOST:PORT (plaintext, no token) or a Connection (TLS, mutual TLS, token)."""
+        connection = address if isinstance(address, Connection) else Connection(address)
+        self.channel = connection.channel()
         self.stub = sdedit_pb2_grpc.ImageEditorStub(self.channel)
 
     def edit(self, request: pb.EditRequest, timeout: float | None = None) -> pb.EditResponse:

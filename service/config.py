@@ -38,10 +38,26 @@ class Settings:
     host: str = setting("0.0.0.0", "address the gRPC server binds")
     port: int = setting(50051, "gRPC port (0 picks a free port)")
     metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
+    health_port: int = setting(-1, "a plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS "
+                               "(Kubernetes' gRPC probes); -1: none (health is on the gRPC port as well, always)")
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint binds: loopback by default; in Kubernetes "
+                                "the pod IP (status.podIP), never 0.0.0.0 unless a firewall guards it")
     max_message_mib: int = setting(64, "largest gRPC message sent (a response), MiB; larger responses are refused up front")
     max_request_mib: int = setting(16, "largest gRPC message accepted (a request), MiB")
     max_connection_age_seconds: float = setting(0.0, "close client connections after this long, in-flight calls "
                                                 "unharmed, so clients reconnect and spread over replicas (0 = never)")
+    # security (docs: README "Security and tenants")
+    tls_cert_file: str = setting("", "serve TLS with this certificate chain (PEM); reloaded when the file changes")
+    tls_key_file: str = setting("", "the private key (PEM) of tls_cert_file")
+    tls_client_ca_file: str = setting("", "mutual TLS: require client certificates signed by this CA (PEM)")
+    auth_tokens_file: str = setting("", "tenants, their tokens (or SHA-256 hashes) and limits (JSON); calls then need "
+                                    "`authorization: Bearer <token>`; reloaded when the file changes. Empty: no auth")
+    open_discovery: bool = setting(False, "with auth_tokens_file: reflection and ListModels answer without a token")
+    reflection: bool = setting(True, "serve gRPC server reflection")
+    quota_fail_open: bool = setting(True, "when the quota store (Redis) is down: admit (true) or refuse with "
+                                    "UNAVAILABLE (false); either way counted in sdedit_quota_store_errors_total")
+    quota_lease_seconds: float = setting(900.0, "an edit counts against its tenant's max_in_flight in Redis at most "
+                                         "this long (a replica that died mid-edit frees its share after it)")
     # models
     model_repository: Path = setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
     default_model: str = setting("digits", "model used when a request names none")
@@ -97,6 +113,10 @@ class Settings:
             problems.append(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
         if self.port and self.port == self.metrics_port:
             problems.append(f"port and metrics_port are both {self.port}")
+        if not -1 <= self.health_port <= 65535:
+            problems.append(f"health_port must be in [-1, 65535], got {self.health_port}")
+        if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):
+            problems.append(f"health_port {self.health_port} is taken by port or metrics_port")
         for name in ("max_active_edits", "max_batch_images", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
                      "max_request_mib", "memory_budget_mib", "max_decodes",
                      "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):
@@ -122,6 +142,12 @@ class Settings:
         for name in ("triton_retry_seconds", "triton_startup_seconds", "triton_shm_idle_seconds", "triton_shm_max_idle_sets"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if not self.quota_lease_seconds > 0:
+            problems.append(f"quota_lease_seconds must be > 0, got {self.quota_lease_seconds}")
         if self.triton_shared_memory and self.backend != "triton":
             problems.append("triton_shared_memory needs backend triton")
         for f in dataclasses.fields(self):

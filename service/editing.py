@@ -33,6 +33,8 @@ from service.models import LoadedModel, ModelRegistry
 from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
 from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.sdedit.engine import plan_levels
+from service.tenants import ANONYMOUS, Tenant
 from service.validation import RequestPlan, decode_job, plan_request
 
 log = logging.getLogger(__name__)
@@ -123,8 +125,10 @@ class EditService:
         req: EditRequestData,
         deadline: float | None = None,
         on_progress: ProgressCallback | None = None,
+        tenant: Tenant = ANONYMOUS,
     ) -> EditOutcome:
-        """Runs one edit. deadline: time.monotonic() value, or None.
+        """Runs one edit. deadline: time.monotonic() value, or None. tenant: who asked (its
+        request_ids are its own; its share of the batch follows its weight).
 
         on_progress is called from the batch scheduler's thread after every step.
         """
@@ -137,13 +141,13 @@ class EditService:
         ticket = self.admission.reserve(plan.cost.held_bytes)
         try:
             async with self._decodes:
-                job, key = await asyncio.to_thread(self._prepare, plan, model)
+                job, key = await asyncio.to_thread(self._prepare, plan, model, tenant.name)
             self.metrics.decoded(model.info.name, job.decode_seconds)
 
             async def run() -> EditOutcome:
                 async with ticket.run(plan.cost.running_bytes) as queue_seconds:
                     self.metrics.admitted(queue_seconds)
-                    outcome = await self._run_batched(job, model, deadline, on_progress)
+                    outcome = await self._run_batched(job, model, deadline, on_progress, tenant)
                 outcome.timings.queue_seconds = queue_seconds
                 return outcome
 
@@ -155,15 +159,24 @@ class EditService:
             ticket.release()
         outcome.timings.decode_seconds = job.decode_seconds
         outcome.timings.total_seconds = time.perf_counter() - received
-        self.metrics.edit_finished(outcome)
+        self.metrics.edit_finished(outcome, tenant.name)
         return outcome
 
-    def _prepare(self, plan: RequestPlan, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
+    def work(self, req: EditRequestData) -> int:
+        """What the request asks of the network: calls x images (the tenants' work quota).
+        Raises the request's InvalidArgument, as edit() would."""
+        model = self.registry.get(req.model)
+        plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
+                            in_process_network=self.settings.backend == "onnx")
+        return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
+
+    def _prepare(self, plan: RequestPlan, model: LoadedModel, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
         job = decode_job(plan, model, self.settings)
-        return job, None if self.cache is None else request_key(job, model.info)
+        return job, None if self.cache is None else request_key(job, model.info, tenant)
 
-    async def stream(self, req: EditRequestData, deadline: float | None = None) -> AsyncIterator[ProgressUpdate | EditOutcome]:
+    async def stream(self, req: EditRequestData, deadline: float | None = None,
+                     tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:
         """Yields progress updates, then the outcome. Closing the iterator cancels the edit."""
         loop = asyncio.get_running_loop()
         updates = ProgressBacklog(on_drop=self.metrics.progress_dropped)
@@ -171,7 +184,7 @@ class EditService:
         def on_progress(update: ProgressUpdate) -> None:
             loop.call_soon_threadsafe(updates.put, update)
 
-        task = asyncio.create_task(self.edit(req, deadline, on_progress))
+        task = asyncio.create_task(self.edit(req, deadline, on_progress, tenant))
         getter: asyncio.Task | None = None
         try:
             while True:
@@ -209,7 +222,7 @@ class EditService:
             return scheduler
 
     async def _run_batched(self, job: EditJob, model: LoadedModel, deadline: float | None,
-                           on_progress: ProgressCallback | None) -> EditOutcome:
+                           on_progress: ProgressCallback | None, tenant: Tenant = ANONYMOUS) -> EditOutcome:
         """Runs the edit in its shape's batch scheduler; a cancelled or timed-out edit leaves
         before the scheduler's next network call, and its admission slot is held until then."""
         started = time.perf_counter()
@@ -234,7 +247,8 @@ class EditService:
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)
         trajectory = await asyncio.to_thread(self._trajectory, job, model)
-        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step))
+        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step,
+                                                                                     tenant.name, tenant.weight))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -79,3 +79,27 @@ class Cancelled(ServiceError):
     """The caller cancelled; the loop stopped within one step."""
 
     reason = "CANCELLED"
+
+
+class Unauthenticated(ServiceError):
+    """No token, or one no tenant holds. The message never repeats what the caller sent."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ServiceError):
+    """A known tenant asked for something beyond its rights (a method, a model)."""
+
+    reason = "PERMISSION_DENIED"
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A tenant is over its quota; `retry_after` seconds is when a retry may pass
+    (sent as google.rpc.RetryInfo)."""
+
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, message: str, retry_after: float, quota: str):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.quota = quota  # "max_in_flight" or "work_per_minute"

@@ -15,15 +15,27 @@ docs/metrics.md lists the metrics; deploy/grafana/ has a dashboard built on them
 
 from __future__ import annotations
 
+import http.server
 import platform
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -31,8 +43,6 @@ from service.errors import BackendError
 from service.procmem import peak_rss_bytes
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from service.admission import Admission
     from service.backends.base import ModelInfo
     from service.batching import TickStats
@@ -68,7 +78,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        self._http: WSGIServer | None = None
+        self._http: MetricsServer | None = None
 
         # gRPC RED, named as go-grpc-prometheus names them (unary and server-streaming calls)
         self.rpc_started_total = Counter("grpc_server_started", "RPCs started on the server", RPC_LABELS, registry=r)
@@ -124,6 +134,20 @@ class Metrics:
         self.progress_dropped_total = Counter("sdedit_stream_progress_dropped", "StreamEdit progress events dropped "
                                               "because the client read slower than the edit ran", registry=r)
 
+        # tenants (--auth-tokens-file): the label takes the tenant names of that file only, and
+        # "" for callers that are not one (no token, a wrong one)
+        self.tenant_requests_total = Counter("sdedit_tenant_requests", "edit requests by tenant, past authentication",
+                                             ("tenant",), registry=r)
+        self.tenant_rejections_total = Counter("sdedit_tenant_rejections", "calls refused by the tenant policy, by "
+                                               "reason: unauthenticated, permission_denied, max_in_flight, "
+                                               "work_per_minute", ("tenant", "reason"), registry=r)
+
+        self.tenant_work_total = Counter("sdedit_tenant_work", "network work of each tenant's completed edits, in "
+                                         "network calls x images (what work_per_minute limits)", ("tenant",), registry=r)
+        self.quota_store_errors_total = Counter("sdedit_quota_store_errors", "quota checks the store (Redis) could not "
+                                                "answer, by what was done: allowed (quota_fail_open) or refused",
+                                                ("decision",), registry=r)
+
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
         self.build_info.info({"version": _version("sdedit-service"), "python": platform.python_version(),
@@ -153,7 +177,21 @@ class Metrics:
                 "flexible_size": str(info.flexible_size).lower(), "default": str(info.name == default).lower(),
             })
 
+    def describe_tenants(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.tenant_requests_total.labels(name)
+            self.tenant_work_total.labels(name)
+
     # --- hooks ---------------------------------------------------------------------------
+
+    def tenant_request(self, tenant: str) -> None:
+        self.tenant_requests_total.labels(tenant).inc()
+
+    def quota_store_error(self, decision: str) -> None:
+        self.quota_store_errors_total.labels(decision).inc()
+
+    def tenant_rejected(self, tenant: str, reason: str) -> None:
+        self.tenant_rejections_total.labels(tenant, reason).inc()
 
     def rpc_started(self, method: str, rpc_type: str) -> None:
         service, name = split_method(method)
@@ -205,11 +243,13 @@ class Metrics:
     def watch_active_edits(self, count: Callable[[], int]) -> None:
         self.active_edits.set_function(count)
 
-    def edit_finished(self, outcome: EditOutcome) -> None:
+    def edit_finished(self, outcome: EditOutcome, tenant: str = "") -> None:
         model, t = outcome.model.name, outcome.timings
         self.edit_seconds.labels(model, str(outcome.cached).lower()).observe(t.total_seconds)
         if outcome.cached:
             return  # no loop ran and no image was made for this response
+        if tenant:
+            self.tenant_work_total.labels(tenant).inc(outcome.network_calls * len(outcome.images))
         self.sde_loop_seconds.labels(model).observe(t.sde_seconds)
         self.encode_seconds.labels(model).observe(t.encode_seconds)
         self.samples_total.labels(model).inc(len(outcome.images))
@@ -218,7 +258,8 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Serves /metrics over HTTP (port 0 = a free one); returns the port."""
-        self._http, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = MetricsServer((host, port), self.registry)
+        threading.Thread(target=self._http.serve_forever, name="sdedit-metrics", daemon=True).start()
         return self._http.server_port
 
     def close(self) -> None:
@@ -226,6 +267,65 @@ class Metrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class MetricsServer(http.server.HTTPServer):
+    """/metrics on a bounded server: a few worker threads (prometheus_client's own server
+    starts a thread per connection), connections beyond them and a short backlog closed at
+    once, and every connection timed out after a few seconds (no slow client holds a worker)."""
+
+    WORKERS = 2
+    BACKLOG = 4  # connections waiting for a worker; more are closed
+    TIMEOUT_SECONDS = 5.0
+
+    def __init__(self, address: tuple[str, int], registry: CollectorRegistry):
+        self.registry = registry
+        self._pool = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="sdedit-metrics")
+        self._slots = threading.BoundedSemaphore(self.WORKERS + self.BACKLOG)
+        self.refused = 0
+        super().__init__(address, _MetricsHandler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        self._pool.submit(self._handle, request, client_address)
+
+    def _handle(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - a broken connection is that client's problem
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # no traceback per dropped scrape
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    timeout = MetricsServer.TIMEOUT_SECONDS
+    server: MetricsServer
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = generate_latest(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:
+        pass  # no log line per scrape
 
 
 CACHE_REQUESTS = {"hit": "hits", "coalesced": "coalesced", "miss": "misses", "uncacheable": "uncacheable"}

@@ -19,12 +19,15 @@ import logging
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
+from service.api.auth import Gate
+from service.api.convert import edit_request_from_proto
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
@@ -32,6 +35,9 @@ from service.config import Settings, redact_url
 from service.editing import EditService
 from service.metrics import Metrics
 from service.models import load_registry
+from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
+from service.tenants import TokensFile, TokensFileError
+from service.tls import is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,9 @@ class RunningServer:
     metrics: Metrics
     metrics_port: int | None = None  # None: no /metrics endpoint
     watcher: asyncio.Task | None = None
+    gate: Gate | None = None  # the interceptor's tenant policy
+    health_server: grpc.aio.Server | None = None  # --health-port: plaintext, grpc.health.v1 only
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -94,6 +103,8 @@ class RunningServer:
         if finished and linger > 0:
             await asyncio.sleep(linger)
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self.service.aclose()
         self.metrics.close()
         return finished
@@ -118,30 +129,89 @@ async def start_server(settings: Settings) -> RunningServer:
     metrics = Metrics()  # a registry per server: in-process test servers never share one
     service = EditService(settings, registry, build_cache(settings), metrics)
     await log_cache(service, settings)
-    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics)], options=server_options(settings))
+    warn_if_open(settings)
+    try:
+        gate = build_gate(settings, service, metrics)
+    except TokensFileError:
+        await service.aclose()
+        raise
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file:
+        port = server.add_secure_port(address, server_credentials(
+            Path(settings.tls_cert_file), Path(settings.tls_key_file),
+            Path(settings.tls_client_ca_file) if settings.tls_client_ca_file else None))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server, port, service, health_servicer, settings, metrics)
+    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate)
     if settings.metrics_port >= 0:
         try:
-            running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
+            running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         except OSError:  # the metrics port is taken: stop what started
             await server.stop(0)
             await service.aclose()
             raise
+    if settings.health_port >= 0:
+        running.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, running.health_server)
+        running.health_port = running.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+        if running.health_port == 0:
+            await server.stop(0)
+            await service.aclose()
+            metrics.close()
+            raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
+        await running.health_server.start()
     await health_servicer.set(LIVENESS, SERVING)
     serving = await asyncio.to_thread(service.registry.ready)
     await running.set_health(serving)
     running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
     return running
+
+
+def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Gate:
+    """The interceptor's policy: tokens and tenants (none without --auth-tokens-file)."""
+    tokens = TokensFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
+    if tokens is not None:
+        metrics.describe_tenants(t.name for t in tokens.tenants)
+        log.info("authentication: %d tenant(s) from %s%s", len(tokens.tenants), settings.auth_tokens_file,
+                 "; reflection and ListModels open" if settings.open_discovery else "")
+    quotas = None
+    if tokens is not None:  # a reload may add limits: the quotas are always there with tenants
+        store = getattr(service.cache.store if service.cache is not None else None, "client", None)
+        quotas = Quotas(RedisQuotaStore(store, settings.cache_key_prefix) if store is not None else MemoryQuotaStore(),
+                        fail_open=settings.quota_fail_open, lease_seconds=settings.quota_lease_seconds,
+                        timeout=settings.redis_timeout_seconds, observer=metrics)
+        log.info("tenant quotas: %s", "in redis, shared by the replicas" if store is not None else
+                 "in memory, this replica's own")
+
+    def work_of(request) -> int:
+        return service.work(edit_request_from_proto(request))
+
+    return Gate(tokens, open_discovery=settings.open_discovery, default_model=service.registry.default,
+                observer=metrics, quotas=quotas, work_of=work_of)
+
+
+def warn_if_open(settings: Settings) -> None:
+    """Says loudly what a listener beyond loopback lacks: TLS, tokens."""
+    if is_loopback(settings.host):
+        return
+    missing = [what for what, on in (("TLS (--tls-cert-file)", settings.tls_cert_file),
+                                     ("authentication (--auth-tokens-file)", settings.auth_tokens_file)) if not on]
+    if missing:
+        log.warning("SECURITY: listening on %s:%s without %s: %s", settings.host, settings.port,
+                    " and without ".join(missing),
+                    "anyone who reaches this port can use it" if not settings.auth_tokens_file
+                    else "tokens and images cross the network in the clear")
 
 
 async def log_cache(service: EditService, settings: Settings) -> None:

@@ -69,8 +69,9 @@ def serve(oracle_repository, tmp_path, request):
     """Starts `sdedit serve` processes (default model gauss); logs are printed if the test fails."""
     started = []
 
-    def start(*extra: str) -> ServeProcess:
-        process = ServeProcess(oracle_repository, "--default-model", "gauss", *extra, log_path=tmp_path / f"serve{len(started)}.log")
+    def start(*extra: str, tls_ca: Path | None = None, env: dict | None = None) -> ServeProcess:
+        process = ServeProcess(oracle_repository, "--default-model", "gauss", *extra, env=env, tls_ca=tls_ca,
+                               log_path=tmp_path / f"serve{len(started)}.log")
         started.append(process)
         process.wait_serving()
         return process

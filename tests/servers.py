@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import Settings, load_settings
+from service.connection import Connection
 from service.server import RunningServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +31,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def health_status(address: str, service: str = "", timeout: float = 1.0) -> int | None:
-    with grpc.insecure_channel(address) as channel:
+def health_status(address: str | Connection, service: str = "", timeout: float = 1.0) -> int | None:
+    with (address if isinstance(address, Connection) else Connection(address)).channel() as channel:
         try:
             return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
         except grpc.RpcError:
@@ -110,8 +111,10 @@ def triton_regions(client, prefix: str) -> list[str]:
 class ServeProcess:
     """`sdedit serve` (the installed console script) in a subprocess."""
 
-    def __init__(self, repository: Path, *extra: str, env: dict | None = None, log_path: Path):
+    def __init__(self, repository: Path, *extra: str, env: dict | None = None, log_path: Path, tls_ca: Path | None = None):
+        """tls_ca: the server serves TLS (in extra) with a certificate of this CA."""
         self.port = free_port()
+        self.tls_ca = tls_ca
         self.log_path = log_path
         self.log = log_path.open("w")
         sdedit = Path(sys.executable).parent / "sdedit"
@@ -128,7 +131,7 @@ class ServeProcess:
         def serving() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sdedit serve exited with {self.process.returncode}:\n{self.output()}")
-            return health_status(self.address) == health_pb2.HealthCheckResponse.SERVING
+            return health_status(Connection(self.address, tls_ca_file=self.tls_ca)) == health_pb2.HealthCheckResponse.SERVING
 
         wait_for(serving, timeout, 0.1, "SERVING")
 

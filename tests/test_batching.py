@@ -222,3 +222,57 @@ def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton
         assert len(pool.region_names()) == 3  # one set (x, t, eps), sized for a full batch, served every call
     finally:
         server.stop()
+
+
+def _edits(gauss, count: int, steps: int, seed: int = 0) -> list[EditTrajectory]:
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+    return [EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=steps, sampler="ddim"),
+                           [np.random.default_rng(seed + i)]) for i in range(count)]
+
+
+def test_a_light_tenant_gets_its_share_of_a_full_call_at_once_behind_a_heavy_backlog(gauss):
+    """max_batch_images 4: a heavy tenant's 12 edits of 40 calls came first, then a light
+    tenant's edit of 5 calls. Oldest first would run it after 120 ticks; the fair share runs it
+    in every call from the first, beside 3 of the heavy tenant's."""
+    ticks: list[TickStats] = []
+    scheduler = BatchScheduler("fair", gauss.predict_eps, 4, on_tick=ticks.append)
+    try:
+        with scheduler._wake:  # all queued before the first tick chooses
+            heavy = [scheduler.submit(t, tenant="heavy") for t in _edits(gauss, 12, 40)]
+            (light,) = [scheduler.submit(t, tenant="light") for t in _edits(gauss, 1, 5, seed=100)]
+            done_after: list[int] = []
+            light.add_done_callback(lambda _: done_after.append(len(ticks)))  # ticks reported before its own
+        assert light.result(30).network_calls == 5
+        assert done_after == [4]  # it left in the 5th call
+        assert all(f.result(60).network_calls == 40 for f in heavy)
+    finally:
+        scheduler.close()
+    assert [t.images for t in ticks[:5]] == [4] * 5
+
+
+def test_tenants_share_full_calls_by_weight_and_one_tenant_alone_is_oldest_first(gauss):
+    """Weights 3 and 1, both with a backlog: calls of 4 images go 3 to 1. A tenant alone with
+    its backlog gets every image (the share is of the call, never an idle place)."""
+    chosen: list[list[str]] = []
+    scheduler = BatchScheduler("weights", gauss.predict_eps, 4)
+    original = scheduler._choose
+
+    def recording():
+        batch = original()
+        chosen.append([e.tenant for e in batch])
+        return batch
+
+    scheduler._choose = recording
+    try:
+        with scheduler._wake:
+            a = [scheduler.submit(t, tenant="a", weight=3) for t in _edits(gauss, 8, 20)]
+            b = [scheduler.submit(t, tenant="b", weight=1) for t in _edits(gauss, 8, 20, seed=50)]
+        for f in a + b:
+            f.result(60)
+    finally:
+        scheduler.close()
+    shared = [c for c in chosen if len(set(c)) == 2]
+    assert len(shared) >= 20
+    assert all(sorted(c) == ["a", "a", "a", "b"] for c in shared[:20])
+    assert all(len(c) == 4 for c in chosen[:60])

@@ -33,7 +33,9 @@ from tests.test_metrics import promtool
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSION = "1.37.0"
-CRD_KINDS = {"ServiceMonitor"}  # no schema in kubernetes-validate: test_service_monitors checks them
+# no schema in kubernetes-validate: test_service_monitors and test_the_grpc_port_serves_tls_from_a_cert_manager_certificate
+# check them
+CRD_KINDS = {"ServiceMonitor", "Certificate"}
 GPU = "nvidia.com/gpu"
 
 
@@ -171,9 +173,9 @@ def test_every_setting_flag_and_port_named_for_the_service_exists(rendered):
     assert set(flags) <= SETTING_FLAGS, set(flags) - SETTING_FLAGS
     settings = settings_from_env(env)  # what `sdedit serve` would run with; raises on a bad value
     ports = {p["name"]: p["containerPort"] for p in rendered.frontend["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert rendered.frontend[probe]["grpc"]["port"] == settings.port
+    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port, "health": settings.health_port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the plaintext health port: see below
+        assert rendered.frontend[probe]["grpc"]["port"] == settings.health_port
     for service in ("sdedit", "sdedit-headless"):
         for port in rendered.get("Service", service)["spec"]["ports"]:
             assert port["targetPort"] in ports  # by name: a renamed container port breaks this, not traffic
@@ -362,7 +364,7 @@ def test_disruption_budgets_leave_the_front_end_serving(rendered):
 
 
 def test_only_the_front_end_reaches_triton_and_redis(rendered):
-    policies = {p["metadata"]["name"]: p for p in rendered.of_kind("NetworkPolicy")}
+    policies = {p["metadata"]["name"]: p for p in rendered.of_kind("NetworkPolicy") if p["metadata"]["name"] != "sdedit"}
     assert set(policies) == ({"redis", "triton"} if rendered.overlay == "gpu" else {"redis"})
     frontend = pod_labels(rendered, "sdedit")
     for name, policy in policies.items():
@@ -377,3 +379,64 @@ def test_only_the_front_end_reaches_triton_and_redis(rendered):
                 assert selects(source["podSelector"], frontend) and "namespaceSelector" not in source
             else:  # Prometheus, on the metrics port only
                 assert ports == {8002} and set(source) == {"namespaceSelector"}
+
+
+# --- security: TLS, tokens, who reaches the front-end --------------------------------------------
+
+def _mounts(rendered: Rendered) -> dict[str, tuple[str, dict]]:
+    """volume name -> (mount path, volume) of the front-end container."""
+    pod = rendered.get("Deployment", "sdedit")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    return {m["name"]: (m["mountPath"], volumes[m["name"]]) for m in rendered.frontend["volumeMounts"]}
+
+
+def test_the_grpc_port_serves_tls_from_a_cert_manager_certificate(rendered):
+    settings = settings_from_env(rendered.frontend_env())
+    (certificate,) = rendered.of_kind("Certificate")
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    assert {"secretName", "dnsNames", "issuerRef"} <= set(spec) and "server auth" in spec["usages"]
+    service = rendered.get("Service", "sdedit")["metadata"]["name"]
+    assert f"{service}.sdedit.svc" in spec["dnsNames"] and f"{service}.sdedit.svc.cluster.local" in spec["dnsNames"]
+    path, volume = _mounts(rendered)["tls"]
+    assert volume["secret"]["secretName"] == spec["secretName"]
+    assert settings.tls_cert_file == f"{path}/tls.crt" and settings.tls_key_file == f"{path}/tls.key"
+    # the mount is the whole Secret (no subPath): the kubelet swaps renewed files in, the service re-reads them
+    assert all("subPath" not in m for m in rendered.frontend["volumeMounts"])
+
+
+def test_tenants_and_tokens_come_from_a_secret_the_operator_creates(rendered):
+    settings = settings_from_env(rendered.frontend_env())
+    path, volume = _mounts(rendered)["tokens"]
+    assert volume["secret"]["secretName"] == "sdedit-tokens"
+    assert settings.auth_tokens_file == f"{path}/tokens.json"
+    assert not rendered.of_kind("Secret")  # never committed
+    assert "kubectl -n sdedit create secret generic sdedit-tokens --from-file=tokens.json" in (DEPLOY / "README.md").read_text()
+
+
+def test_probes_use_the_plaintext_health_port_since_kubelet_grpc_probes_cannot_speak_tls(rendered):
+    settings = settings_from_env(rendered.frontend_env())
+    ports = {p["name"]: p["containerPort"] for p in rendered.frontend["ports"]}
+    assert settings.health_port == ports["health"] and settings.port == ports["grpc"] != ports["health"]
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert rendered.frontend[name]["grpc"]["port"] == settings.health_port
+    assert settings.metrics_host != "0.0.0.0"
+    (host_var,) = [v for v in rendered.frontend["env"] if v["name"] == "SDEDIT_METRICS_HOST"]
+    assert host_var["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+
+def test_only_labelled_clients_reach_the_grpc_port_and_prometheus_the_metrics_port(rendered):
+    settings = settings_from_env(rendered.frontend_env())
+    policy = rendered.get("NetworkPolicy", "sdedit")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"] and selects(spec["podSelector"], pod_labels(rendered, "sdedit"))
+    rules = {frozenset(p["port"] for p in rule["ports"]): rule["from"] for rule in spec["ingress"]}
+    assert set(rules) == {frozenset({settings.port}), frozenset({settings.metrics_port})}
+    (clients,) = rules[frozenset({settings.port})]
+    assert clients["podSelector"]["matchLabels"] == {"sdedit.example/client": "true"}
+    (prometheus,) = rules[frozenset({settings.metrics_port})]
+    assert set(prometheus) == {"namespaceSelector"} and prometheus["namespaceSelector"]["matchLabels"]
+    monitor = rendered.of_kind("ServiceMonitor")[0]
+    service_ports = {p["name"]: p.get("targetPort", p["port"]) for p in rendered.get("Service", "sdedit")["spec"]["ports"]}
+    scraped = {e["port"] for e in monitor["spec"]["endpoints"]}
+    assert all(service_ports[name] in (settings.metrics_port, "metrics") for name in scraped)

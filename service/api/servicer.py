@@ -1,4 +1,6 @@
-"""gRPC handlers for sdedit.v1.ImageEditor: convert, call the service, convert back."""
+"""gRPC handlers for sdedit.v1.ImageEditor: convert, call the service, convert back.
+
+The caller's tenant (resolved by the interceptor) goes to the service as plain data."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from service.api.convert import (
 )
 from service.editing import EditService
 from service.requests import EditOutcome
+from service.tenants import current_tenant
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -28,11 +31,11 @@ class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
         self.service = service
 
     async def Edit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext) -> pb.EditResponse:
-        outcome = await self.service.edit(edit_request_from_proto(request), deadline_of(context))
+        outcome = await self.service.edit(edit_request_from_proto(request), deadline_of(context), tenant=current_tenant())
         return edit_response_to_proto(outcome)
 
     async def StreamEdit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext):
-        stream = self.service.stream(edit_request_from_proto(request), deadline_of(context))
+        stream = self.service.stream(edit_request_from_proto(request), deadline_of(context), tenant=current_tenant())
         try:
             async for item in stream:
                 if isinstance(item, EditOutcome):

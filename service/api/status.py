@@ -2,11 +2,18 @@
 
     InvalidArgument   -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
     RequestIdConflict -> ALREADY_EXISTS (a request_id reused for a different request)
-    ResourceExhausted -> RESOURCE_EXHAUSTED     Unavailable / BackendError -> UNAVAILABLE
+    Unauthenticated   -> UNAUTHENTICATED        PermissionDenied -> PERMISSION_DENIED
+    ResourceExhausted -> RESOURCE_EXHAUSTED (QuotaExceeded: with google.rpc.RetryInfo)
+    Unavailable / BackendError -> UNAVAILABLE
     DeadlineExceeded  -> DEADLINE_EXCEEDED      Cancelled -> CANCELLED
     anything else     -> INTERNAL, logged once with the method name (details stay in the log)
 
 Every status carries a google.rpc.ErrorInfo with a stable reason and domain "sdedit.v1".
+
+It is also the one interceptor for the cross-cutting policy (service/api/auth.py): before a
+handler runs, the caller's token is checked (before the request is even parsed), then its
+rights on the request and its quotas; the tenant reaches the handler as plain data
+(service.tenants.current_tenant()), never the token.
 """
 
 from __future__ import annotations
@@ -18,19 +25,24 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from service.api.auth import Gate
 from service.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
+    PermissionDenied,
+    QuotaExceeded,
     RequestIdConflict,
     ResourceExhausted,
     ServiceError,
+    Unauthenticated,
     Unavailable,
 )
+from service.tenants import reset_current_tenant, set_current_tenant
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "sdedit.v1"
@@ -38,6 +50,8 @@ ERROR_DOMAIN = "sdedit.v1"
 _CODES: list[tuple[type[ServiceError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (RequestIdConflict, code_pb2.ALREADY_EXISTS),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (PermissionDenied, code_pb2.PERMISSION_DENIED),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
@@ -72,6 +86,12 @@ def status_for(exc: BaseException, method: str) -> status_pb2.Status:
             error_details_pb2.BadRequest.FieldViolation(field=exc.field, description=exc.description)
         ]))
         details.append(bad)
+    if isinstance(exc, QuotaExceeded):
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(1, round(exc.retry_after * 1000)))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     return status_pb2.Status(code=code, message=message, details=details)
 
 
@@ -94,8 +114,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: maps exceptions to statuses; reports each RPC's start and its end
     (method, type, code, seconds) to the observer."""
 
-    def __init__(self, observer: RpcObserver | None = None):
+    def __init__(self, observer: RpcObserver | None = None, gate: Gate | None = None):
         self._observer = observer
+        self._gate = gate
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -119,6 +140,12 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is not None and self._gate is not None and not self._gate.is_open(method):
+            return grpc.stream_stream_rpc_method_handler(  # reflection
+                self._wrap_bidi(handler.stream_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
         return handler
 
     def _start(self, method: str, rpc_type: str) -> float:
@@ -140,16 +167,36 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             code = grpc_code(exc)
         self._observe(method, rpc_type, code, started)
 
+    async def _enter(self, method: str, raw: bytes, context, parse):
+        """Token, then parse, then rights and quotas: (request, lease, context-var token)."""
+        if self._gate is None:
+            return parse(raw), None, None
+        tenant = self._gate.authenticate(method, context.invocation_metadata())
+        request = parse(raw)
+        lease = await self._gate.admit(tenant, method, request)
+        return request, lease, set_current_tenant(tenant)
+
+    @staticmethod
+    def _leave(lease, tenant_token) -> None:
+        if lease is not None:
+            lease.release()
+        if tenant_token is not None:
+            reset_current_tenant(tenant_token)
+
     def _wrap_unary(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, UNARY)
+            lease = tenant_token = None
             try:
-                response = await behavior(parse(request), context)
+                request, lease, tenant_token = await self._enter(method, request, context, parse)
+                response = await behavior(request, context)
             except BaseException as exc:
                 self._ended(method, UNARY, started, exc, context)
                 if isinstance(exc, Exception) and not _is_abort(exc):
                     await abort_with(context, exc, method)
                 raise
+            finally:
+                self._leave(lease, tenant_token)
             self._observe(method, UNARY, grpc.StatusCode.OK, started)
             return response
 
@@ -158,15 +205,32 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, SERVER_STREAM)
+            lease = tenant_token = None
             try:
-                async for item in behavior(parse(request), context):
+                request, lease, tenant_token = await self._enter(method, request, context, parse)
+                async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
                 self._ended(method, SERVER_STREAM, started, exc, context)
                 if isinstance(exc, Exception) and not _is_abort(exc):
                     await abort_with(context, exc, method)
                 raise
+            finally:
+                self._leave(lease, tenant_token)
             self._observe(method, SERVER_STREAM, grpc.StatusCode.OK, started)
+
+        return wrapper
+
+    def _wrap_bidi(self, behavior, method: str):
+        """Streaming requests (server reflection): the token only; not counted in the RPC metrics."""
+        async def wrapper(requests, context):
+            try:
+                self._gate.authenticate(method, context.invocation_metadata())
+            except Exception as exc:  # noqa: BLE001 - Unauthenticated / PermissionDenied
+                await abort_with(context, exc, method)
+                return
+            async for item in behavior(requests, context):
+                yield item
 
         return wrapper
 

@@ -35,6 +35,7 @@ class RequestKey:
     fingerprint: str  # hex SHA-256
     seeded: bool  # only seeded (deterministic) edits are cached as results
     request_id: str = ""
+    tenant: str = ""  # request_ids are per tenant: one tenant's id never meets another's
 
 
 def _hash_array(digest, array: np.ndarray) -> None:
@@ -56,7 +57,7 @@ def _params(params: EditParams) -> dict[str, Any]:
     return {f.name: _exact(getattr(params, f.name)) for f in dataclasses.fields(params) if f.name not in NOT_IN_KEY}
 
 
-def request_key(job: EditJob, info: ModelInfo) -> RequestKey:
+def request_key(job: EditJob, info: ModelInfo, tenant: str = "") -> RequestKey:
     header = {
         "schema": SCHEMA_VERSION,
         "engine": sdedit.ENGINE_VERSION,
@@ -74,7 +75,7 @@ def request_key(job: EditJob, info: ModelInfo) -> RequestKey:
         digest.update(b"no mask")
     else:
         _hash_array(digest, job.mask)
-    return RequestKey(digest.hexdigest(), job.request.seed is not None, job.request.request_id)
+    return RequestKey(digest.hexdigest(), job.request.seed is not None, job.request.request_id, tenant)
 
 
 class KeySpace:
@@ -84,8 +85,11 @@ class KeySpace:
     def result(self, fingerprint: str) -> str:
         return f"{self.base}:result:{fingerprint}"
 
-    def request(self, request_id: str) -> str:
-        return f"{self.base}:request:{hashlib.sha256(request_id.encode()).hexdigest()}"
+    def request(self, request_id: str, tenant: str = "") -> str:
+        """A request_id record's key: the id within its tenant's own space (no tenant: the
+        shared space of a service without tokens). Results are shared: same request, same bytes."""
+        scoped = f"{tenant}\0{request_id}" if tenant else request_id
+        return f"{self.base}:request:{hashlib.sha256(scoped.encode()).hexdigest()}"
 
     def is_request(self, key: str) -> bool:
         return key.startswith(f"{self.base}:request:")

@@ -65,6 +65,11 @@ class RedisStore:
         self._extend = self._redis.register_script(EXTEND_LOCK)
         self._add = self._redis.register_script(ADD)
 
+    @property
+    def client(self) -> aioredis.Redis:
+        """The connection pool, shared with the tenants' quotas (service/quotas.py)."""
+        return self._redis
+
     async def _call(self, pending: Awaitable[T]) -> T:
         try:
             return await pending

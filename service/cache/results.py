@@ -86,7 +86,8 @@ class ResultCache:
         if not key.request_id:
             entry = await results()
         else:
-            entry, replayed = await self._single_flight(self.keys.request(key.request_id), model, results, deadline)
+            entry, replayed = await self._single_flight(self.keys.request(key.request_id, key.tenant), model, results,
+                                                         deadline)
             if entry.fingerprint != key.fingerprint:
                 self.stats.request_id_conflicts += 1
                 raise RequestIdConflict(f"{key.request_id!r} was already used for a different request; "

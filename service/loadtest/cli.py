@@ -18,6 +18,7 @@ import grpc
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import SAMPLERS, SPACINGS
+from service.connection import Connection, connection_from_args
 from service.loadtest.plots import plots_available, write_plots
 from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, build_report, format_report
 from service.loadtest.runner import LoadPlan, Runner, open_channel
@@ -99,9 +100,10 @@ def options_from(args: argparse.Namespace) -> RequestOptions:
 
 
 async def run_loadtest(plan: LoadPlan, options: RequestOptions, slo: SLO, triton_url: str | None = None,
-                       plot_dir: Path | None = None) -> tuple[dict, list[Path]]:
-    """Runs one load test; returns its report (the JSON form) and the plots written."""
-    async with open_channel(plan.address) as channel:
+                       plot_dir: Path | None = None, connection: Connection | None = None) -> tuple[dict, list[Path]]:
+    """Runs one load test; returns its report (the JSON form) and the plots written.
+    connection: TLS and token for plan.address (default: plaintext, no token)."""
+    async with open_channel(connection or plan.address) as channel:
         stub = sdedit_pb2_grpc.ImageEditorStub(channel)
         models = (await stub.ListModels(pb.ListModelsRequest(), timeout=min(plan.timeout, 30))).models
         workload = Workload(pick_model(list(models), options.model), options, plan.seed)
@@ -115,10 +117,10 @@ async def run_loadtest(plan: LoadPlan, options: RequestOptions, slo: SLO, triton
 
 def main(args: argparse.Namespace) -> int:
     try:
-        plan, options = plan_from(args), options_from(args)
+        plan, options, connection = plan_from(args), options_from(args), connection_from_args(args)
         report, plots = asyncio.run(run_loadtest(plan, options, SLO(args.max_p99, args.max_error_rate),
-                                                 args.triton_metrics_url, args.plot_dir))
-    except (WorkloadError, OSError) as exc:
+                                                 args.triton_metrics_url, args.plot_dir, connection))
+    except (WorkloadError, OSError, ValueError) as exc:
         print(f"sdedit loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except grpc.aio.AioRpcError as exc:

@@ -41,7 +41,7 @@ import numpy as np
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.client import MAX_MESSAGE
+from service.connection import Connection
 from service.loadtest.workload import RequestSpec, Workload
 
 
@@ -265,6 +265,6 @@ class Runner:
         return result
 
 
-def open_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)])
+def open_channel(address: str | Connection) -> grpc.aio.Channel:
+    """address: HOST:PORT (plaintext, no token) or a Connection (TLS, mutual TLS, token)."""
+    return (address if isinstance(address, Connection) else Connection(address)).aio_channel()

@@ -1,0 +1,200 @@
+"""Tenants and their tokens: the file `--auth-tokens-file` names, re-read when it changes.
+
+    {"tenants": [
+      {"name": "team-a",                  # [a-z0-9._-], 1-63 characters: a metrics label
+       "token_sha256": ["9f86d0...", ...], # hex SHA-256 of each accepted token (rotation: several)
+       "token": "...",                     # or the token itself (avoid: the file then holds secrets)
+       "weight": 2,                        # share of a full network call (fair share), default 1
+       "max_in_flight": 8,                 # edits admitted at once, across replicas; 0 = no limit
+       "work_per_minute": 20000,           # network calls x images per minute, across replicas; 0 = no limit
+       "models": ["digits"],               # models it may use (default: all)
+       "methods": ["Edit", "StreamEdit"]}]}   # RPCs it may call (default: these, ListModels and
+                                              # ServerReflectionInfo)
+
+A token is looked up by the SHA-256 of what the caller sent, compared with every tenant's
+hashes in constant time (hmac.compare_digest, no early exit). Tokens are never logged and
+never leave this module; the rest of the service sees a Tenant, plain data.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_METHODS = frozenset({"Edit", "StreamEdit", "ListModels", "ServerReflectionInfo"})
+KNOWN_METHODS = DEFAULT_METHODS
+FIELDS = {"name", "token_sha256", "token", "weight", "max_in_flight", "work_per_minute", "models", "methods"}
+RELOAD_CHECK_SECONDS = 1.0  # the file's metadata is looked at no more often than this
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    weight: float = 1.0
+    max_in_flight: int = 0  # 0: no limit
+    work_per_minute: int = 0  # network calls x images; 0: no limit
+    models: frozenset[str] | None = None  # None: every model
+    methods: frozenset[str] = DEFAULT_METHODS
+
+    def may_call(self, method: str) -> bool:
+        return method in self.methods
+
+    def may_use(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+ANONYMOUS = Tenant("")  # no --auth-tokens-file: every caller is this one, with no limits
+_current: contextvars.ContextVar[Tenant] = contextvars.ContextVar("sdedit_tenant", default=ANONYMOUS)
+
+
+def current_tenant() -> Tenant:
+    """The tenant of the RPC being handled (set by the interceptor, service/api/status.py)."""
+    return _current.get()
+
+
+def set_current_tenant(tenant: Tenant) -> contextvars.Token:
+    return _current.set(tenant)
+
+
+def reset_current_tenant(token: contextvars.Token) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:  # an async generator closed from another context: that context never had it
+        pass
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokensFileError(ValueError):
+    """The tokens file is malformed (start-up fails; a reload keeps the previous file)."""
+
+
+def parse_tokens(text: str) -> list[tuple[str, Tenant]]:
+    """(token hash, tenant) for every accepted token; raises TokensFileError."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TokensFileError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tenants"), list):
+        raise TokensFileError('expected {"tenants": [...]}')
+    entries: list[tuple[str, Tenant]] = []
+    names: set[str] = set()
+    for index, item in enumerate(data["tenants"]):
+        where = f"tenants[{index}]"
+        if not isinstance(item, dict):
+            raise TokensFileError(f"{where}: expected an object")
+        unknown = set(item) - FIELDS
+        if unknown:
+            raise TokensFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        name = item.get("name")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise TokensFileError(f"{where}.name: 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit")
+        if name in names:
+            raise TokensFileError(f"{where}.name: {name!r} appears twice")
+        names.add(name)
+        hashes = item.get("token_sha256", [])
+        hashes = [hashes] if isinstance(hashes, str) else hashes
+        if not isinstance(hashes, list) or not all(isinstance(h, str) and HEX64.match(h.lower()) for h in hashes):
+            raise TokensFileError(f"{where}.token_sha256: hex SHA-256 digests (64 characters)")
+        hashes = [h.lower() for h in hashes]
+        if "token" in item:
+            if not isinstance(item["token"], str) or len(item["token"]) < 16:
+                raise TokensFileError(f"{where}.token: a string of at least 16 characters")
+            hashes.append(hash_token(item["token"]))
+        if not hashes:
+            raise TokensFileError(f"{where}: no token_sha256 or token")
+        weight = item.get("weight", 1)
+        if not isinstance(weight, int | float) or isinstance(weight, bool) or not weight > 0:
+            raise TokensFileError(f"{where}.weight: a number > 0")
+        limits = {}
+        for field in ("max_in_flight", "work_per_minute"):
+            value = item.get(field, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise TokensFileError(f"{where}.{field}: an integer >= 0 (0: no limit)")
+            limits[field] = value
+        models = item.get("models")
+        if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+            raise TokensFileError(f"{where}.models: a list of model names")
+        methods = item.get("methods", sorted(DEFAULT_METHODS))
+        if not isinstance(methods, list) or not set(methods) <= KNOWN_METHODS:
+            raise TokensFileError(f"{where}.methods: a list of {', '.join(sorted(KNOWN_METHODS))}")
+        tenant = Tenant(name, float(weight), limits["max_in_flight"], limits["work_per_minute"],
+                        None if models is None else frozenset(models), frozenset(methods))
+        entries.extend((h, tenant) for h in hashes)
+    seen: set[str] = set()
+    for h, tenant in entries:
+        if h in seen:
+            raise TokensFileError(f"tenant {tenant.name!r}: a token is listed twice (or for two tenants)")
+        seen.add(h)
+    return entries
+
+
+class TokensFile:
+    """The tenants of a tokens file, re-read when the file changes (checked at most every
+    RELOAD_CHECK_SECONDS, from the calls themselves). A file that turns malformed is logged
+    and ignored: the previous tenants stay until it is fixed."""
+
+    def __init__(self, path: Path | str, check_seconds: float = RELOAD_CHECK_SECONDS):
+        self.path = Path(path)
+        self.check_seconds = check_seconds
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+        try:
+            self._signature = self._stat()
+            self._entries = parse_tokens(self.path.read_text())
+        except OSError as exc:
+            raise TokensFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+        except TokensFileError as exc:
+            raise TokensFileError(f"{self.path}: {exc}") from None
+        self.reloads = 0
+
+    def _stat(self) -> tuple[int, int, int]:
+        st = os.stat(self.path)
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    @property
+    def tenants(self) -> list[Tenant]:
+        unique = {tenant.name: tenant for _, tenant in self._entries}
+        return list(unique.values())
+
+    def _maybe_reload(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.check_seconds:
+            return
+        with self._lock:
+            self._checked = now
+            try:
+                signature = self._stat()
+                if signature == self._signature:
+                    return
+                entries = parse_tokens(self.path.read_text())
+            except (OSError, TokensFileError) as exc:
+                log.error("tokens file %s changed but cannot be used (%s); the previous tenants stay", self.path, exc)
+                return
+            self._entries, self._signature = entries, signature
+            self.reloads += 1
+            log.info("tokens file %s reloaded: %d tenant(s)", self.path, len(self.tenants))
+
+    def authenticate(self, token: str) -> Tenant | None:
+        """The tenant of this token, or None. Every known hash is compared, in constant time."""
+        self._maybe_reload()
+        presented = hash_token(token).encode()
+        found = None
+        for digest, tenant in self._entries:
+            if hmac.compare_digest(presented, digest.encode()):
+                found = tenant
+        return found
