@@ -158,6 +158,12 @@ class EditService:
         self.metrics.edit_finished(outcome)
         return outcome
 
+    def validate(self, req: EditRequestData) -> None:
+        """The cheap checks of `edit` (no decoding, no admission): for a job before it is queued."""
+        self.admission.check_open()
+        plan_request(req, self.registry.get(req.model), self.settings, self.admission.budget_bytes,
+                     in_process_network=self.settings.backend == "onnx")
+
     def _prepare(self, plan: RequestPlan, model: LoadedModel) -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
         job = decode_job(plan, model, self.settings)

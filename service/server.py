@@ -25,11 +25,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
+from service.api.jobs import ProtoJobCodec
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
 from service.config import Settings, redact_url
 from service.editing import EditService
+from service.jobs import JobManager, build_job_store
 from service.metrics import Metrics
 from service.models import load_registry
 
@@ -64,6 +66,7 @@ class RunningServer:
     settings: Settings
     metrics: Metrics
     metrics_port: int | None = None  # None: no /metrics endpoint
+    jobs: JobManager | None = None
     watcher: asyncio.Task | None = None
 
     @property
@@ -94,6 +97,8 @@ class RunningServer:
         if finished and linger > 0:
             await asyncio.sleep(linger)
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
+        if self.jobs is not None:
+            await self.jobs.aclose()
         await self.service.aclose()
         self.metrics.close()
         return finished
@@ -119,7 +124,8 @@ async def start_server(settings: Settings) -> RunningServer:
     service = EditService(settings, registry, build_cache(settings), metrics)
     await log_cache(service, settings)
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics)], options=server_options(settings))
-    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
+    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec())
+    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service, jobs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -129,14 +135,17 @@ async def start_server(settings: Settings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server, port, service, health_servicer, settings, metrics)
+    running = RunningServer(server, port, service, health_servicer, settings, metrics, jobs=jobs)
     if settings.metrics_port >= 0:
         try:
             running.metrics_port = metrics.serve(settings.host, settings.metrics_port)
         except OSError:  # the metrics port is taken: stop what started
             await server.stop(0)
+            await jobs.aclose()
             await service.aclose()
             raise
+    await jobs.start()
+    log.info("jobs: %s, %d worker(s)", jobs.kind, settings.job_workers)
     await health_servicer.set(LIVENESS, SERVING)
     serving = await asyncio.to_thread(service.registry.ready)
     await running.set_health(serving)

@@ -1,6 +1,7 @@
 """The one place that maps service errors to gRPC status codes (a server interceptor).
 
     InvalidArgument   -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    NotFound          -> NOT_FOUND (a job unknown or expired)
     RequestIdConflict -> ALREADY_EXISTS (a request_id reused for a different request)
     ResourceExhausted -> RESOURCE_EXHAUSTED     Unavailable / BackendError -> UNAVAILABLE
     DeadlineExceeded  -> DEADLINE_EXCEEDED      Cancelled -> CANCELLED
@@ -26,6 +27,7 @@ from service.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     RequestIdConflict,
     ResourceExhausted,
     ServiceError,
@@ -38,6 +40,7 @@ ERROR_DOMAIN = "sdedit.v1"
 _CODES: list[tuple[type[ServiceError], int]] = [
     (InvalidArgument, code_pb2.INVALID_ARGUMENT),
     (RequestIdConflict, code_pb2.ALREADY_EXISTS),
+    (NotFound, code_pb2.NOT_FOUND),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),
