@@ -142,7 +142,7 @@ RUNNING_LINE = re.compile(r"job (\S{8}) running")
 def test_a_killed_replica_s_jobs_are_reclaimed_and_every_job_survives_a_restart(serve, redis_server, make_server):
     flags = ("--cache", "redis", "--redis-url", redis_server.url, "--job-lease-seconds", "2", *JOB_FLAGS)
     doomed, survivor = serve(*flags), serve(*flags)
-    requests = [long_request(seed=100 + i, size=64, steps=1000, repeats=2) for i in range(10)]
+    requests = [long_request(seed=100 + i, size=64, steps=500, repeats=1) for i in range(10)]
     requests.append(long_request(seed=None, size=16, steps=50, repeats=1))  # unseeded jobs run too
     with Client(doomed.address) as client:
         assert client.stub.ListModels(pb.ListModelsRequest()).jobs == "redis"
