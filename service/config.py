@@ -103,6 +103,20 @@ class Settings:
     redis_timeout_seconds: float = setting(0.5, "connect and command timeout; slower Redis counts as down")
     redis_max_connections: int = setting(32, "Redis connection pool size per process")
     cache_retry_seconds: float = setting(2.0, "after Redis failures: how long edits skip it before one probe")
+    # jobs (docs: README "Jobs")
+    jobs: str = setting("auto", "where jobs live: redis (shared by replicas, survives restarts), memory (this process), "
+                        "or auto (redis when --cache redis, else memory)", choices=("auto", "memory", "redis"))
+    job_redis_url: str = setting("", "Redis URL for jobs (empty = --redis-url); a noeviction instance or database, "
+                                 "apart from a cache that may evict")
+    job_key_prefix: str = setting("sdedit-jobs", "prefix of every job key (never the cache's keys)")
+    job_ttl_seconds: float = setting(86400.0, "how long a job's record and result are kept after it ends")
+    job_workers: int = setting(2, "jobs this replica runs at once (each through admission like any edit)")
+    job_lease_seconds: float = setting(30.0, "a running job's lease, renewed every third of it: how long a dead "
+                                       "replica's job waits before another replica takes it over")
+    job_max_attempts: int = setting(3, "runs a job may start (replicas dying on it) before it fails")
+    job_poll_seconds: float = setting(0.5, "how often idle workers look for jobs, and watchers and running jobs for "
+                                      "changes made elsewhere (a cancel)")
+    job_max_events: int = setting(256, "events kept per job for WatchJob (older progress is dropped; the end never)")
     log_level: str = setting("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
@@ -119,7 +133,8 @@ class Settings:
             problems.append(f"health_port {self.health_port} is taken by port or metrics_port")
         for name in ("max_active_edits", "max_batch_images", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
                      "max_request_mib", "memory_budget_mib", "max_decodes",
-                     "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections"):
+                     "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections",
+                     "job_workers", "job_max_attempts", "job_max_events"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
@@ -127,13 +142,21 @@ class Settings:
         for name in ("grace_seconds", "max_connection_age_seconds", "shutdown_linger_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds"):
+        for name in ("cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds",
+                     "job_ttl_seconds", "job_lease_seconds", "job_poll_seconds"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.cache == "redis" and urllib.parse.urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
             problems.append(f"redis_url must start with redis://, rediss:// or unix://, got {redact_url(self.redis_url)!r}")
         if self.redis_password and urllib.parse.urlsplit(self.redis_url).password is not None:
             problems.append("redis_password is set and redis_url has a password too: give it in one place")
+        if self.jobs == "redis" and self.job_redis_url and urllib.parse.urlsplit(self.job_redis_url).scheme not in (
+                "redis", "rediss", "unix"):
+            problems.append(f"job_redis_url must start with redis://, rediss:// or unix://, got {redact_url(self.job_redis_url)!r}")
+        if not self.job_key_prefix or not self.job_key_prefix.isprintable() or " " in self.job_key_prefix:
+            problems.append(f"job_key_prefix must be printable with no spaces, got {self.job_key_prefix!r}")
+        if self.job_key_prefix == self.cache_key_prefix:
+            problems.append("job_key_prefix must differ from cache_key_prefix: job data stay apart from the cache")
         if not self.cache_key_prefix or not self.cache_key_prefix.isprintable() or " " in self.cache_key_prefix:
             problems.append(f"cache_key_prefix must be printable with no spaces, got {self.cache_key_prefix!r}")
         for name in ("triton_timeout_seconds", "health_poll_seconds"):

@@ -170,6 +170,12 @@ class EditService:
                             in_process_network=self.settings.backend == "onnx")
         return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
 
+    def validate(self, req: EditRequestData) -> None:
+        """The cheap checks of `edit` (no decoding, no admission): for a job before it is queued."""
+        self.admission.check_open()
+        plan_request(req, self.registry.get(req.model), self.settings, self.admission.budget_bytes,
+                     in_process_network=self.settings.backend == "onnx")
+
     def _prepare(self, plan: RequestPlan, model: LoadedModel, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
         job = decode_job(plan, model, self.settings)

@@ -69,6 +69,12 @@ class ModelConfigError(Exception):
     """A model in the repository is malformed; raised at start-up so it fails fast."""
 
 
+class NotFound(ServiceError):
+    """No such job (unknown, another tenant's, or expired)."""
+
+    reason = "NOT_FOUND"
+
+
 class DeadlineExceeded(ServiceError):
     """The caller's deadline passed; the loop stopped within one step."""
 

@@ -28,11 +28,13 @@ from grpc_reflection.v1alpha import reflection
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
 from service.api.auth import Gate
 from service.api.convert import edit_request_from_proto
+from service.api.jobs import ProtoJobCodec
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
 from service.config import Settings, redact_url
 from service.editing import EditService
+from service.jobs import JobManager, build_job_store
 from service.metrics import Metrics
 from service.models import load_registry
 from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
@@ -70,6 +72,7 @@ class RunningServer:
     settings: Settings
     metrics: Metrics
     metrics_port: int | None = None  # None: no /metrics endpoint
+    jobs: JobManager | None = None
     watcher: asyncio.Task | None = None
     gate: Gate | None = None  # the interceptor's tenant policy
     health_server: grpc.aio.Server | None = None  # --health-port: plaintext, grpc.health.v1 only
@@ -105,6 +108,8 @@ class RunningServer:
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
         if self.health_server is not None:
             await self.health_server.stop(0)
+        if self.jobs is not None:
+            await self.jobs.aclose()
         await self.service.aclose()
         self.metrics.close()
         return finished
@@ -136,7 +141,8 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.aclose()
         raise
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
-    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service), server)
+    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec())
+    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service, jobs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -153,12 +159,13 @@ async def start_server(settings: Settings) -> RunningServer:
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
     await server.start()
-    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate)
+    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate, jobs=jobs)
     if settings.metrics_port >= 0:
         try:
             running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         except OSError:  # the metrics port is taken: stop what started
             await server.stop(0)
+            await jobs.aclose()
             await service.aclose()
             raise
     if settings.health_port >= 0:
@@ -171,6 +178,8 @@ async def start_server(settings: Settings) -> RunningServer:
             metrics.close()
             raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
         await running.health_server.start()
+    await jobs.start()
+    log.info("jobs: %s, %d worker(s)", jobs.kind, settings.job_workers)
     await health_servicer.set(LIVENESS, SERVING)
     serving = await asyncio.to_thread(service.registry.ready)
     await running.set_health(serving)

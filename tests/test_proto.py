@@ -24,4 +24,5 @@ def test_package_is_versioned():
     from sdedit.v1 import sdedit_pb2
 
     assert sdedit_pb2.DESCRIPTOR.package == "sdedit.v1"
-    assert set(sdedit_pb2.DESCRIPTOR.services_by_name["ImageEditor"].methods_by_name) == {"Edit", "StreamEdit", "ListModels"}
+    assert set(sdedit_pb2.DESCRIPTOR.services_by_name["ImageEditor"].methods_by_name) == {
+        "Edit", "StreamEdit", "ListModels", "SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"}

@@ -22,41 +22,59 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sdedit/v1/sdedit.proto\x12\tsdedit.v1\"\xdf\x02\n\x0b\x45\x64itRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\x12\n\n\x02t0\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x0f\n\x07repeats\x18\x06 \x01(\r\x12#\n\x07sampler\x18\x07 \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12\x0b\n\x03\x65ta\x18\x08 \x01(\x02\x12\x11\n\x04seed\x18\t \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bnum_samples\x18\n \x01(\r\x12.\n\routput_format\x18\x0b \x01(\x0e\x32\x17.sdedit.v1.OutputFormat\x12\x15\n\rpreview_every\x18\x0c \x01(\r\x12\x12\n\nrequest_id\x18\r \x01(\t\x12#\n\x07spacing\x18\x0e \x01(\x0e\x32\x12.sdedit.v1.Spacing\x12\x15\n\rfull_schedule\x18\x0f \x01(\x08\x42\x07\n\x05_seed\"7\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\x9a\x01\n\x0cStageTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bsde_seconds\x18\x03 \x01(\x01\x12\x17\n\x0fnetwork_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x65ncode_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\xa2\x02\n\x0c\x45\x64itResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.sdedit.v1.Image\x12\x15\n\rnetwork_calls\x18\x02 \x01(\r\x12(\n\x07timings\x18\x03 \x01(\x0b\x32\x17.sdedit.v1.StageTimings\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nmodel_hash\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05steps\x18\x08 \x01(\r\x12\x0f\n\x07repeats\x18\t \x01(\r\x12#\n\x07sampler\x18\n \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12#\n\x07spacing\x18\x0b \x01(\x0e\x32\x12.sdedit.v1.Spacing\"\x95\x01\n\x08Progress\x12\x0e\n\x06repeat\x18\x01 \x01(\r\x12\x0f\n\x07repeats\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x15\n\rnetwork_calls\x18\x05 \x01(\r\x12\x1b\n\x13total_network_calls\x18\x06 \x01(\r\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\"R\n\x07Preview\x12%\n\x08progress\x18\x01 \x01(\x0b\x32\x13.sdedit.v1.Progress\x12 \n\x06images\x18\x02 \x03(\x0b\x32\x10.sdedit.v1.Image\"\x8f\x01\n\tEditEvent\x12\'\n\x08progress\x18\x01 \x01(\x0b\x32\x13.sdedit.v1.ProgressH\x00\x12%\n\x07preview\x18\x02 \x01(\x0b\x32\x12.sdedit.v1.PreviewH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.sdedit.v1.EditResponseH\x00\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xa3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x10\n\x08sde_type\x18\x06 \x01(\t\x12\x11\n\ttimesteps\x18\x07 \x01(\r\x12\x15\n\rdefault_steps\x18\x08 \x01(\r\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x15\n\rflexible_size\x18\n \x01(\x08\x12\x15\n\rsize_multiple\x18\x0b \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tmax_width\x18\x14 \x01(\r\x12\x12\n\nmax_height\x18\x15 \x01(\r\x12+\n\x0f\x64\x65\x66\x61ult_sampler\x18\r \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12+\n\x0f\x64\x65\x66\x61ult_spacing\x18\x0e \x01(\x0e\x32\x12.sdedit.v1.Spacing\x12-\n\x11reference_sampler\x18\x0f \x01(\x0e\x32\x12.sdedit.v1.Sampler\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.sdedit.v1.ModelInfo*\x92\x01\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDPM\x10\x01\x12\x10\n\x0cSAMPLER_DDIM\x10\x02\x12\x1a\n\x16SAMPLER_EULER_MARUYAMA\x10\x03\x12\x14\n\x10SAMPLER_DPMPP_2M\x10\x04\x12\x18\n\x14SAMPLER_DPMPP_2M_SDE\x10\x05*l\n\x07Spacing\x12\x17\n\x13SPACING_UNSPECIFIED\x10\x00\x12\x18\n\x14SPACING_TIME_UNIFORM\x10\x01\x12\x1a\n\x16SPACING_LOGSNR_UNIFORM\x10\x02\x12\x12\n\x0eSPACING_KARRAS\x10\x03*[\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02\x32\xcf\x01\n\x0bImageEditor\x12\x37\n\x04\x45\x64it\x12\x16.sdedit.v1.EditRequest\x1a\x17.sdedit.v1.EditResponse\x12<\n\nStreamEdit\x12\x16.sdedit.v1.EditRequest\x1a\x14.sdedit.v1.EditEvent0\x01\x12I\n\nListModels\x12\x1c.sdedit.v1.ListModelsRequest\x1a\x1d.sdedit.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16sdedit/v1/sdedit.proto\x12\tsdedit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x83\x03\n\x0b\x45\x64itRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\x12\n\n\x02t0\x18\x04 \x01(\x02\x12\r\n\x05steps\x18\x05 \x01(\r\x12\x0f\n\x07repeats\x18\x06 \x01(\r\x12#\n\x07sampler\x18\x07 \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12\x0b\n\x03\x65ta\x18\x08 \x01(\x02\x12\x11\n\x04seed\x18\t \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bnum_samples\x18\n \x01(\r\x12.\n\routput_format\x18\x0b \x01(\x0e\x32\x17.sdedit.v1.OutputFormat\x12\x15\n\rpreview_every\x18\x0c \x01(\r\x12\x12\n\nrequest_id\x18\r \x01(\t\x12#\n\x07spacing\x18\x0e \x01(\x0e\x32\x12.sdedit.v1.Spacing\x12\x15\n\rfull_schedule\x18\x0f \x01(\x08\x12\"\n\x03job\x18\x10 \x01(\x0b\x32\x15.sdedit.v1.JobOptionsB\x07\n\x05_seed\"\x1e\n\nJobOptions\x12\x10\n\x08priority\x18\x01 \x01(\x05\"7\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\"\x9a\x01\n\x0cStageTimings\x12\x15\n\rqueue_seconds\x18\x01 \x01(\x01\x12\x16\n\x0e\x64\x65\x63ode_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bsde_seconds\x18\x03 \x01(\x01\x12\x17\n\x0fnetwork_seconds\x18\x04 \x01(\x01\x12\x16\n\x0e\x65ncode_seconds\x18\x05 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x06 \x01(\x01\"\xa2\x02\n\x0c\x45\x64itResponse\x12 \n\x06images\x18\x01 \x03(\x0b\x32\x10.sdedit.v1.Image\x12\x15\n\rnetwork_calls\x18\x02 \x01(\r\x12(\n\x07timings\x18\x03 \x01(\x0b\x32\x17.sdedit.v1.StageTimings\x12\r\n\x05model\x18\x04 \x01(\t\x12\x12\n\nmodel_hash\x18\x05 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x06 \x01(\x08\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05steps\x18\x08 \x01(\r\x12\x0f\n\x07repeats\x18\t \x01(\r\x12#\n\x07sampler\x18\n \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12#\n\x07spacing\x18\x0b \x01(\x0e\x32\x12.sdedit.v1.Spacing\"\x95\x01\n\x08Progress\x12\x0e\n\x06repeat\x18\x01 \x01(\r\x12\x0f\n\x07repeats\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\r\n\x05steps\x18\x04 \x01(\r\x12\x15\n\rnetwork_calls\x18\x05 \x01(\r\x12\x1b\n\x13total_network_calls\x18\x06 \x01(\r\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\"R\n\x07Preview\x12%\n\x08progress\x18\x01 \x01(\x0b\x32\x13.sdedit.v1.Progress\x12 \n\x06images\x18\x02 \x03(\x0b\x32\x10.sdedit.v1.Image\"\xa1\x01\n\tEditEvent\x12\'\n\x08progress\x18\x01 \x01(\x0b\x32\x13.sdedit.v1.ProgressH\x00\x12%\n\x07preview\x18\x02 \x01(\x0b\x32\x12.sdedit.v1.PreviewH\x00\x12)\n\x06result\x18\x03 \x01(\x0b\x32\x17.sdedit.v1.EditResponseH\x00\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x42\x07\n\x05\x65vent\"\x13\n\x11ListModelsRequest\"\xa3\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\x10\n\x08\x63hannels\x18\x05 \x01(\r\x12\x10\n\x08sde_type\x18\x06 \x01(\t\x12\x11\n\ttimesteps\x18\x07 \x01(\r\x12\x15\n\rdefault_steps\x18\x08 \x01(\r\x12\x12\n\nis_default\x18\t \x01(\x08\x12\x15\n\rflexible_size\x18\n \x01(\x08\x12\x15\n\rsize_multiple\x18\x0b \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x0c \x01(\t\x12\x11\n\tmax_width\x18\x14 \x01(\r\x12\x12\n\nmax_height\x18\x15 \x01(\r\x12+\n\x0f\x64\x65\x66\x61ult_sampler\x18\r \x01(\x0e\x32\x12.sdedit.v1.Sampler\x12+\n\x0f\x64\x65\x66\x61ult_spacing\x18\x0e \x01(\x0e\x32\x12.sdedit.v1.Spacing\x12-\n\x11reference_sampler\x18\x0f \x01(\x0e\x32\x12.sdedit.v1.Sampler\"H\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.sdedit.v1.ModelInfo\x12\x0c\n\x04jobs\x18\x02 \x01(\t\"\x8c\x03\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.sdedit.v1.JobState\x12%\n\x08progress\x18\x03 \x01(\x0b\x32\x13.sdedit.v1.Progress\x12\'\n\x06result\x18\x04 \x01(\x0b\x32\x17.sdedit.v1.EditResponse\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x07 \x01(\r\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1b\n\rGetJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"5\n\x0fWatchJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04\"\x1e\n\x10\x43\x61ncelJobRequest\x12\n\n\x02id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.sdedit.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x92\x01\n\x07Sampler\x12\x17\n\x13SAMPLER_UNSPECIFIED\x10\x00\x12\x10\n\x0cSAMPLER_DDPM\x10\x01\x12\x10\n\x0cSAMPLER_DDIM\x10\x02\x12\x1a\n\x16SAMPLER_EULER_MARUYAMA\x10\x03\x12\x14\n\x10SAMPLER_DPMPP_2M\x10\x04\x12\x18\n\x14SAMPLER_DPMPP_2M_SDE\x10\x05*l\n\x07Spacing\x12\x17\n\x13SPACING_UNSPECIFIED\x10\x00\x12\x18\n\x14SPACING_TIME_UNIFORM\x10\x01\x12\x1a\n\x16SPACING_LOGSNR_UNIFORM\x10\x02\x12\x12\n\x0eSPACING_KARRAS\x10\x03*[\n\x0cOutputFormat\x12\x1d\n\x19OUTPUT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_FORMAT_PNG\x10\x01\x12\x15\n\x11OUTPUT_FORMAT_NPY\x10\x02*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xf8\x03\n\x0bImageEditor\x12\x37\n\x04\x45\x64it\x12\x16.sdedit.v1.EditRequest\x1a\x17.sdedit.v1.EditResponse\x12<\n\nStreamEdit\x12\x16.sdedit.v1.EditRequest\x1a\x14.sdedit.v1.EditEvent0\x01\x12I\n\nListModels\x12\x1c.sdedit.v1.ListModelsRequest\x1a\x1d.sdedit.v1.ListModelsResponse\x12\x34\n\nSubmitEdit\x12\x16.sdedit.v1.EditRequest\x1a\x0e.sdedit.v1.Job\x12\x32\n\x06GetJob\x12\x18.sdedit.v1.GetJobRequest\x1a\x0e.sdedit.v1.Job\x12>\n\x08WatchJob\x12\x1a.sdedit.v1.WatchJobRequest\x1a\x14.sdedit.v1.EditEvent0\x01\x12\x38\n\tCancelJob\x12\x1b.sdedit.v1.CancelJobRequest\x1a\x0e.sdedit.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.sdedit.v1.ListJobsRequest\x1a\x1b.sdedit.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sdedit.v1.sdedit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLER']._serialized_start=1784
-  _globals['_SAMPLER']._serialized_end=1930
-  _globals['_SPACING']._serialized_start=1932
-  _globals['_SPACING']._serialized_end=2040
-  _globals['_OUTPUTFORMAT']._serialized_start=2042
-  _globals['_OUTPUTFORMAT']._serialized_end=2133
-  _globals['_EDITREQUEST']._serialized_start=38
-  _globals['_EDITREQUEST']._serialized_end=389
-  _globals['_IMAGE']._serialized_start=391
-  _globals['_IMAGE']._serialized_end=446
-  _globals['_STAGETIMINGS']._serialized_start=449
-  _globals['_STAGETIMINGS']._serialized_end=603
-  _globals['_EDITRESPONSE']._serialized_start=606
-  _globals['_EDITRESPONSE']._serialized_end=896
-  _globals['_PROGRESS']._serialized_start=899
-  _globals['_PROGRESS']._serialized_end=1048
-  _globals['_PREVIEW']._serialized_start=1050
-  _globals['_PREVIEW']._serialized_end=1132
-  _globals['_EDITEVENT']._serialized_start=1135
-  _globals['_EDITEVENT']._serialized_end=1278
-  _globals['_LISTMODELSREQUEST']._serialized_start=1280
-  _globals['_LISTMODELSREQUEST']._serialized_end=1299
-  _globals['_MODELINFO']._serialized_start=1302
-  _globals['_MODELINFO']._serialized_end=1721
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1723
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1781
-  _globals['_IMAGEEDITOR']._serialized_start=2136
-  _globals['_IMAGEEDITOR']._serialized_end=2343
+  _globals['_SAMPLER']._serialized_start=2590
+  _globals['_SAMPLER']._serialized_end=2736
+  _globals['_SPACING']._serialized_start=2738
+  _globals['_SPACING']._serialized_end=2846
+  _globals['_OUTPUTFORMAT']._serialized_start=2848
+  _globals['_OUTPUTFORMAT']._serialized_end=2939
+  _globals['_JOBSTATE']._serialized_start=2942
+  _globals['_JOBSTATE']._serialized_end=3096
+  _globals['_EDITREQUEST']._serialized_start=96
+  _globals['_EDITREQUEST']._serialized_end=483
+  _globals['_JOBOPTIONS']._serialized_start=485
+  _globals['_JOBOPTIONS']._serialized_end=515
+  _globals['_IMAGE']._serialized_start=517
+  _globals['_IMAGE']._serialized_end=572
+  _globals['_STAGETIMINGS']._serialized_start=575
+  _globals['_STAGETIMINGS']._serialized_end=729
+  _globals['_EDITRESPONSE']._serialized_start=732
+  _globals['_EDITRESPONSE']._serialized_end=1022
+  _globals['_PROGRESS']._serialized_start=1025
+  _globals['_PROGRESS']._serialized_end=1174
+  _globals['_PREVIEW']._serialized_start=1176
+  _globals['_PREVIEW']._serialized_end=1258
+  _globals['_EDITEVENT']._serialized_start=1261
+  _globals['_EDITEVENT']._serialized_end=1422
+  _globals['_LISTMODELSREQUEST']._serialized_start=1424
+  _globals['_LISTMODELSREQUEST']._serialized_end=1443
+  _globals['_MODELINFO']._serialized_start=1446
+  _globals['_MODELINFO']._serialized_end=1865
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1867
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1939
+  _globals['_JOB']._serialized_start=1942
+  _globals['_JOB']._serialized_end=2338
+  _globals['_GETJOBREQUEST']._serialized_start=2340
+  _globals['_GETJOBREQUEST']._serialized_end=2367
+  _globals['_WATCHJOBREQUEST']._serialized_start=2369
+  _globals['_WATCHJOBREQUEST']._serialized_end=2422
+  _globals['_CANCELJOBREQUEST']._serialized_start=2424
+  _globals['_CANCELJOBREQUEST']._serialized_end=2454
+  _globals['_LISTJOBSREQUEST']._serialized_start=2456
+  _globals['_LISTJOBSREQUEST']._serialized_end=2512
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2514
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2587
+  _globals['_IMAGEEDITOR']._serialized_start=3099
+  _globals['_IMAGEEDITOR']._serialized_end=3603
 # @@protoc_insertion_point(module_scope)

@@ -49,6 +49,31 @@ class ImageEditorStub:
                 request_serializer=sdedit_dot_v1_dot_sdedit__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SubmitEdit = channel.unary_unary(
+                '/sdedit.v1.ImageEditor/SubmitEdit',
+                request_serializer=sdedit_dot_v1_dot_sdedit__pb2.EditRequest.SerializeToString,
+                response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+                _registered_method=True)
+        self.GetJob = channel.unary_unary(
+                '/sdedit.v1.ImageEditor/GetJob',
+                request_serializer=sdedit_dot_v1_dot_sdedit__pb2.GetJobRequest.SerializeToString,
+                response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+                _registered_method=True)
+        self.WatchJob = channel.unary_stream(
+                '/sdedit.v1.ImageEditor/WatchJob',
+                request_serializer=sdedit_dot_v1_dot_sdedit__pb2.WatchJobRequest.SerializeToString,
+                response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.EditEvent.FromString,
+                _registered_method=True)
+        self.CancelJob = channel.unary_unary(
+                '/sdedit.v1.ImageEditor/CancelJob',
+                request_serializer=sdedit_dot_v1_dot_sdedit__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+                _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/sdedit.v1.ImageEditor/ListJobs',
+                request_serializer=sdedit_dot_v1_dot_sdedit__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=sdedit_dot_v1_dot_sdedit__pb2.ListJobsResponse.FromString,
+                _registered_method=True)
 
 
 class ImageEditorServicer:
@@ -75,6 +100,49 @@ class ImageEditorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitEdit(self, request, context):
+        """Jobs: an edit that outlives the call that asked for it. SubmitEdit validates the request's
+        cheap fields, queues it and returns at once (state JOB_STATE_QUEUED); any replica runs it.
+        With Redis (--cache redis) jobs are shared by every replica and survive their restarts;
+        otherwise they live in this process's memory (ListModelsResponse.jobs says which).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetJob(self, request, context):
+        """The job's record: state, progress, the result or the error. NOT_FOUND when unknown or
+        expired (--job-ttl-seconds after it ended).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJob(self, request, context):
+        """The job's events as StreamEdit sends them (progress, previews, then the result), each
+        with its `sequence`; resume after a disconnect with after_sequence = the last one seen.
+        A failed or cancelled job ends the stream with its error status. The terminal event is
+        always sent, whatever after_sequence says.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelJob(self, request, context):
+        """Cancels a queued or running job (a running edit stops within one network call); a
+        finished job is returned unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJobs(self, request, context):
+        """The caller's jobs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ImageEditorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +160,31 @@ def add_ImageEditorServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.ListModelsRequest.FromString,
                     response_serializer=sdedit_dot_v1_dot_sdedit__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SubmitEdit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEdit,
+                    request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.EditRequest.FromString,
+                    response_serializer=sdedit_dot_v1_dot_sdedit__pb2.Job.SerializeToString,
+            ),
+            'GetJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJob,
+                    request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.GetJobRequest.FromString,
+                    response_serializer=sdedit_dot_v1_dot_sdedit__pb2.Job.SerializeToString,
+            ),
+            'WatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJob,
+                    request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.WatchJobRequest.FromString,
+                    response_serializer=sdedit_dot_v1_dot_sdedit__pb2.EditEvent.SerializeToString,
+            ),
+            'CancelJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelJob,
+                    request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.CancelJobRequest.FromString,
+                    response_serializer=sdedit_dot_v1_dot_sdedit__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=sdedit_dot_v1_dot_sdedit__pb2.ListJobsRequest.FromString,
+                    response_serializer=sdedit_dot_v1_dot_sdedit__pb2.ListJobsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +268,141 @@ class ImageEditor:
             '/sdedit.v1.ImageEditor/ListModels',
             sdedit_dot_v1_dot_sdedit__pb2.ListModelsRequest.SerializeToString,
             sdedit_dot_v1_dot_sdedit__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEdit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdedit.v1.ImageEditor/SubmitEdit',
+            sdedit_dot_v1_dot_sdedit__pb2.EditRequest.SerializeToString,
+            sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdedit.v1.ImageEditor/GetJob',
+            sdedit_dot_v1_dot_sdedit__pb2.GetJobRequest.SerializeToString,
+            sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sdedit.v1.ImageEditor/WatchJob',
+            sdedit_dot_v1_dot_sdedit__pb2.WatchJobRequest.SerializeToString,
+            sdedit_dot_v1_dot_sdedit__pb2.EditEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdedit.v1.ImageEditor/CancelJob',
+            sdedit_dot_v1_dot_sdedit__pb2.CancelJobRequest.SerializeToString,
+            sdedit_dot_v1_dot_sdedit__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sdedit.v1.ImageEditor/ListJobs',
+            sdedit_dot_v1_dot_sdedit__pb2.ListJobsRequest.SerializeToString,
+            sdedit_dot_v1_dot_sdedit__pb2.ListJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,7 +21,9 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DISCOVERY_METHODS = frozenset({"/sdedit.v1.ImageEditor/ListModels",
                                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"})
-EDIT_METHODS = frozenset({"/sdedit.v1.ImageEditor/Edit", "/sdedit.v1.ImageEditor/StreamEdit"})
+# Quotas are charged on these; a job's work is charged when it is submitted.
+EDIT_METHODS = frozenset({"/sdedit.v1.ImageEditor/Edit", "/sdedit.v1.ImageEditor/StreamEdit",
+                          "/sdedit.v1.ImageEditor/SubmitEdit"})
 
 
 class Lease(Protocol):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 import grpc
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
@@ -16,7 +18,10 @@ from service.api.convert import (
     model_info_to_proto,
     progress_to_proto,
 )
+from service.api.jobs import job_to_proto
 from service.editing import EditService
+from service.errors import InvalidArgument
+from service.jobs import JobEnd, JobManager
 from service.requests import EditOutcome
 from service.tenants import current_tenant
 
@@ -27,8 +32,14 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
-    def __init__(self, service: EditService):
+    def __init__(self, service: EditService, jobs: JobManager):
         self.service = service
+        self.jobs = jobs
+
+    @staticmethod
+    def owner(context: grpc.aio.ServicerContext) -> str:
+        """The caller's tenant (from the interceptor): jobs are scoped to it ("" without tokens)."""
+        return current_tenant().name
 
     async def Edit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext) -> pb.EditResponse:
         outcome = await self.service.edit(edit_request_from_proto(request), deadline_of(context), tenant=current_tenant())
@@ -48,5 +59,46 @@ class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         registry = self.service.registry
         return pb.ListModelsResponse(
-            models=[model_info_to_proto(m.info, m.info.name == registry.default) for m in registry.all()]
+            models=[model_info_to_proto(m.info, m.info.name == registry.default) for m in registry.all()],
+            jobs=self.jobs.kind,
         )
+
+    async def SubmitEdit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        record = await self.jobs.submit(edit_request_from_proto(request), request.SerializeToString(),
+                                        priority=request.job.priority, owner=self.owner(context))
+        return job_to_proto(record)
+
+    async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_to_proto(await self.jobs.get(request.id, self.owner(context)))
+
+    async def CancelJob(self, request: pb.CancelJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:
+        return job_to_proto(await self.jobs.cancel(request.id, self.owner(context)))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: grpc.aio.ServicerContext) -> pb.ListJobsResponse:
+        try:
+            offset = int(request.page_token or 0)
+        except ValueError:
+            raise InvalidArgument("page_token", "is not a token from a previous ListJobsResponse") from None
+        if offset < 0:
+            raise InvalidArgument("page_token", "is not a token from a previous ListJobsResponse")
+        records, following = await self.jobs.list(self.owner(context), request.page_size, offset)
+        return pb.ListJobsResponse(jobs=[job_to_proto(r) for r in records],
+                                   next_page_token="" if following is None else str(following))
+
+    async def WatchJob(self, request: pb.WatchJobRequest, context: grpc.aio.ServicerContext):
+        events = self.jobs.watch(request.id, request.after_sequence, self.owner(context))
+        try:
+            async for item in events:
+                if isinstance(item, JobEnd):
+                    if item.record.state == "succeeded" and item.record.result is not None:
+                        event = pb.EditEvent(sequence=item.sequence)
+                        event.result.ParseFromString(item.record.result)
+                        yield event
+                    else:  # failed or cancelled: the job's own status ends the stream
+                        await context.abort_with_status(rpc_status.to_status(status_pb2.Status.FromString(item.record.error)))
+                    return
+                event = pb.EditEvent.FromString(item.payload)
+                event.sequence = item.sequence
+                yield event
+        finally:
+            await events.aclose()

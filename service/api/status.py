@@ -1,6 +1,7 @@
 """The one place that maps service errors to gRPC status codes (a server interceptor).
 
     InvalidArgument   -> INVALID_ARGUMENT, with google.rpc.BadRequest naming the field
+    NotFound          -> NOT_FOUND (a job unknown or expired)
     RequestIdConflict -> ALREADY_EXISTS (a request_id reused for a different request)
     Unauthenticated   -> UNAUTHENTICATED        PermissionDenied -> PERMISSION_DENIED
     ResourceExhausted -> RESOURCE_EXHAUSTED (QuotaExceeded: with google.rpc.RetryInfo)
@@ -34,6 +35,7 @@ from service.errors import (
     Cancelled,
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     QuotaExceeded,
     RequestIdConflict,
@@ -52,6 +54,7 @@ _CODES: list[tuple[type[ServiceError], int]] = [
     (RequestIdConflict, code_pb2.ALREADY_EXISTS),
     (Unauthenticated, code_pb2.UNAUTHENTICATED),
     (PermissionDenied, code_pb2.PERMISSION_DENIED),
+    (NotFound, code_pb2.NOT_FOUND),
     (ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (Unavailable, code_pb2.UNAVAILABLE),
     (DeadlineExceeded, code_pb2.DEADLINE_EXCEEDED),

@@ -1,0 +1,55 @@
+"""Jobs through the gRPC API: the codec the jobs layer stores with (protobuf bytes, so a
+job's result is byte for byte the EditResponse its edit made), and Job records to messages."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+from sdedit.v1 import sdedit_pb2 as pb
+from service.api.convert import edit_request_from_proto, edit_response_to_proto, progress_to_proto
+from service.api.status import status_for
+from service.jobs import JobRecord
+from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+
+JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
+              "failed": pb.JOB_STATE_FAILED, "cancelled": pb.JOB_STATE_CANCELLED}
+JOB_METHOD = "/sdedit.v1.ImageEditor/SubmitEdit"  # errors of a job's run name the call that made it
+
+
+class ProtoJobCodec:
+    def decode_request(self, data: bytes) -> EditRequestData:
+        return edit_request_from_proto(pb.EditRequest.FromString(data))
+
+    def encode_event(self, update: ProgressUpdate) -> bytes:
+        return progress_to_proto(update).SerializeToString()
+
+    def encode_result(self, outcome: EditOutcome) -> bytes:
+        return edit_response_to_proto(outcome).SerializeToString()
+
+    def encode_error(self, exc: BaseException) -> bytes:
+        return status_for(exc, JOB_METHOD).SerializeToString()
+
+
+def _timestamp(unix: float) -> timestamp_pb2.Timestamp | None:
+    if not unix:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(round(unix * 1e9))
+    return stamp
+
+
+def job_to_proto(record: JobRecord) -> pb.Job:
+    job = pb.Job(id=record.id, state=JOB_STATES[record.state], priority=record.priority, attempts=record.attempts,
+                 create_time=_timestamp(record.created), start_time=_timestamp(record.started),
+                 end_time=_timestamp(record.ended), expire_time=_timestamp(record.expires))
+    if record.progress is not None:
+        p = record.progress
+        job.progress.CopyFrom(pb.Progress(repeat=p.repeat, repeats=p.repeats, step=p.step, steps=p.steps,
+                                          network_calls=p.network_calls, total_network_calls=p.total_network_calls,
+                                          elapsed_seconds=p.elapsed_seconds))
+    if record.result is not None:
+        job.result.ParseFromString(record.result)
+    if record.error:
+        job.error.CopyFrom(status_pb2.Status.FromString(record.error))
+    return job

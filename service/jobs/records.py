@@ -1,0 +1,111 @@
+"""A job as plain data: its record, what a store keeps of it, and the states it moves through.
+
+    queued -> running -> succeeded | failed        queued | running -> cancelled
+    running -> queued (its replica died or stopped; another one runs it again)
+
+Terminal states are sticky: a replica that finishes late (its lease was taken over) never
+overwrites the first ending. The request, the events and the result are opaque bytes to the
+jobs layer; the transport encodes them (service/api/jobs.py), so protobuf never reaches here.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from typing import Protocol
+
+from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+LANES = ("high", "normal", "low")  # taken in this order; each first in, first out
+ID_BYTES = 24  # 192 random bits: unguessable
+
+
+def new_job_id() -> str:
+    return secrets.token_urlsafe(ID_BYTES)
+
+
+def lane_of(priority: int) -> str:
+    return LANES[0] if priority > 0 else LANES[2] if priority < 0 else LANES[1]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """The latest step of the current run (a ProgressUpdate without its previews)."""
+
+    repeat: int
+    repeats: int
+    step: int
+    steps: int
+    network_calls: int
+    total_network_calls: int
+    elapsed_seconds: float
+
+    @classmethod
+    def of(cls, update: ProgressUpdate) -> JobProgress:
+        return cls(*(getattr(update, f.name) for f in fields(cls)))
+
+
+@dataclass
+class JobRecord:
+    id: str
+    owner: str = ""  # the tenant; "" while the service has one
+    state: str = QUEUED
+    priority: int = 0
+    attempts: int = 0  # runs started
+    created: float = 0.0  # Unix times; 0 = not yet
+    started: float = 0.0
+    ended: float = 0.0
+    expires: float = 0.0
+    progress: JobProgress | None = None
+    error: bytes = b""  # the error status, as the transport encoded it
+    sequence: int = 0  # events so far; the terminal event is the last
+    result: bytes | None = field(default=None, compare=False)  # filled by get(with_result=True)
+
+    @property
+    def done(self) -> bool:
+        return self.state in TERMINAL
+
+    def to_fields(self) -> dict[str, str | bytes]:
+        """A flat mapping of strings (a Redis hash), without the result."""
+        values = asdict(self)
+        values.pop("result")
+        values["progress"] = "" if self.progress is None else json.dumps(asdict(self.progress))
+        return {k: v if isinstance(v, bytes) else str(v) for k, v in values.items()}
+
+    @classmethod
+    def from_fields(cls, raw: dict[bytes, bytes]) -> JobRecord:
+        values = {k.decode(): v for k, v in raw.items()}
+        progress = values.get("progress", b"")
+        return cls(
+            id=values["id"].decode(), owner=values.get("owner", b"").decode(), state=values["state"].decode(),
+            priority=int(values.get("priority", 0)), attempts=int(values.get("attempts", 0)),
+            created=float(values.get("created", 0)), started=float(values.get("started", 0)),
+            ended=float(values.get("ended", 0)), expires=float(values.get("expires", 0)),
+            progress=JobProgress(**json.loads(progress)) if progress else None,
+            error=values.get("error", b""), sequence=int(values.get("sequence", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One of a job's events: a progress payload, or (terminal) the end of the job."""
+
+    sequence: int
+    payload: bytes = b""
+    terminal: bool = False
+
+
+class JobCodec(Protocol):
+    """What the transport supplies: its own encoding of requests, events, results, errors."""
+
+    def decode_request(self, data: bytes) -> EditRequestData: ...
+
+    def encode_event(self, update: ProgressUpdate) -> bytes: ...
+
+    def encode_result(self, outcome: EditOutcome) -> bytes: ...
+
+    def encode_error(self, exc: BaseException) -> bytes: ...

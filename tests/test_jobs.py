@@ -1,0 +1,189 @@
+"""Jobs: SubmitEdit, GetJob, WatchJob, CancelJob, ListJobs, in memory (in process) and on a
+real redis-server shared by `sdedit serve` processes, one of them killed mid-job."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import code_pb2
+
+from sdedit.v1 import sdedit_pb2 as pb
+from service.client import Client, build_request
+from tests.conftest import png
+from tests.servers import wait_for
+
+JOB_FLAGS = ("--job-poll-seconds", "0.1")
+
+
+def guide(size: int, seed: int = 1) -> bytes:
+    return png(np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8))
+
+
+def long_request(seed: int | None = 21, size: int = 64, steps: int = 1000, repeats: int = 2) -> pb.EditRequest:
+    return build_request(guide(size, seed or 0), t0=1.0, steps=steps, repeats=repeats, seed=seed)
+
+
+def get(client: Client, job_id: str) -> pb.Job:
+    return client.stub.GetJob(pb.GetJobRequest(id=job_id), timeout=10)
+
+
+def wait_state(client: Client, job_id: str, states, timeout: float = 60) -> pb.Job:
+    wait_for(lambda: get(client, job_id).state in states, timeout, 0.05, f"job {job_id} in {states}")
+    return get(client, job_id)
+
+
+# --- in memory, in process ----------------------------------------------------------------
+
+def test_a_job_runs_to_the_result_a_direct_edit_gives(make_server, guide16, mask16):
+    srv = make_server(job_poll_seconds=0.1)
+    request = build_request(png(guide16), mask=png(mask16), t0=0.6, steps=12, seed=9, num_samples=2)
+    with Client(srv.address) as client:
+        assert client.stub.ListModels(pb.ListModelsRequest()).jobs == "memory"
+        job = client.stub.SubmitEdit(request)
+        assert job.state == pb.JOB_STATE_QUEUED and len(job.id) >= 32 and job.create_time.seconds > 0
+        events = list(client.stub.WatchJob(pb.WatchJobRequest(id=job.id), timeout=30))
+        kinds = [e.WhichOneof("event") for e in events]
+        assert kinds == ["progress"] * 12 + ["result"]
+        assert [e.sequence for e in events] == list(range(1, 14))
+        done = get(client, job.id)
+        assert done.state == pb.JOB_STATE_SUCCEEDED and done.attempts == 1 and done.progress.step == 12
+        assert done.end_time.ToNanoseconds() >= done.start_time.ToNanoseconds() >= done.create_time.ToNanoseconds()
+        assert done.expire_time.seconds - done.end_time.seconds == 86400
+        assert done.result == events[-1].result
+    direct = make_server(cache="none")  # an independent run: no cache to answer from
+    with Client(direct.address) as client:
+        assert [i.data for i in client.edit(request).images] == [i.data for i in done.result.images]
+
+
+def test_jobs_are_listed_newest_first_in_pages(make_server, guide16):
+    srv = make_server(job_poll_seconds=0.1)
+    with Client(srv.address) as client:
+        ids = [client.stub.SubmitEdit(build_request(png(guide16), t0=0.3, steps=2, seed=i)).id for i in range(5)]
+        first = client.stub.ListJobs(pb.ListJobsRequest(page_size=3))
+        second = client.stub.ListJobs(pb.ListJobsRequest(page_size=3, page_token=first.next_page_token))
+        assert [j.id for j in first.jobs] + [j.id for j in second.jobs] == ids[::-1]
+        assert second.next_page_token == "" and not first.jobs[0].HasField("result")
+        with pytest.raises(grpc.RpcError) as info:
+            client.stub.ListJobs(pb.ListJobsRequest(page_token="x"))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_unknown_jobs_and_bad_requests(make_server, guide16):
+    srv = make_server()
+    with Client(srv.address) as client:
+        for call, message in ((client.stub.GetJob, pb.GetJobRequest(id="nope")),
+                              (client.stub.CancelJob, pb.CancelJobRequest(id="nope"))):
+            with pytest.raises(grpc.RpcError) as info:
+                call(message)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:
+            next(iter(client.stub.WatchJob(pb.WatchJobRequest(id=""))))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as info:  # refused at once, never queued
+            client.stub.SubmitEdit(build_request(png(guide16), t0=1.5))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "t0" in info.value.details()
+        assert client.stub.ListJobs(pb.ListJobsRequest()).jobs == []
+
+
+def test_watch_resumes_after_a_disconnect_without_losing_the_result(make_server):
+    srv = make_server(job_poll_seconds=0.1)
+    with Client(srv.address) as client:
+        job = client.stub.SubmitEdit(long_request(steps=400, repeats=1))
+        stream = client.stub.WatchJob(pb.WatchJobRequest(id=job.id))
+        seen = [next(stream).sequence for _ in range(3)]
+        stream.cancel()  # the client goes away mid-job
+        rest = list(client.stub.WatchJob(pb.WatchJobRequest(id=job.id, after_sequence=seen[-1]), timeout=60))
+        assert rest[0].sequence == seen[-1] + 1 and rest[-1].WhichOneof("event") == "result"
+        assert all(a.sequence < b.sequence for a, b in itertools.pairwise(rest))
+        # after the end: the terminal event is sent again, whatever the cursor
+        again = list(client.stub.WatchJob(pb.WatchJobRequest(id=job.id, after_sequence=rest[-1].sequence), timeout=10))
+        assert [e.WhichOneof("event") for e in again] == ["result"] and again[0].result == rest[-1].result
+
+
+def test_cancel_stops_a_running_job_and_its_watchers_get_cancelled(make_server):
+    srv = make_server(job_poll_seconds=0.1)
+    with Client(srv.address) as client:
+        job = client.stub.SubmitEdit(long_request(size=128, steps=1000, repeats=10))
+        wait_state(client, job.id, {pb.JOB_STATE_RUNNING})
+        cancelled = client.stub.CancelJob(pb.CancelJobRequest(id=job.id))
+        assert cancelled.state == pb.JOB_STATE_CANCELLED and cancelled.error.code == code_pb2.CANCELLED
+        with pytest.raises(grpc.RpcError) as info:
+            list(client.stub.WatchJob(pb.WatchJobRequest(id=job.id), timeout=10))
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+        wait_for(lambda: srv.service.admission.in_flight == 0, 10, what="the cancelled edit left")
+        assert client.stub.CancelJob(pb.CancelJobRequest(id=job.id)).state == pb.JOB_STATE_CANCELLED  # unchanged
+
+
+def test_higher_priority_jobs_run_first(make_server, guide16):
+    srv = make_server(job_workers=1, job_poll_seconds=0.1)
+    with Client(srv.address) as client:
+        blocker = client.stub.SubmitEdit(long_request(steps=1000, repeats=2))
+        wait_state(client, blocker.id, {pb.JOB_STATE_RUNNING})
+        ids = {}
+        for priority in (-1, 0, 5):
+            request = build_request(png(guide16), t0=0.3, steps=2, seed=priority + 10)
+            request.job.priority = priority
+            ids[priority] = client.stub.SubmitEdit(request).id
+        jobs = {p: wait_state(client, i, {pb.JOB_STATE_SUCCEEDED}) for p, i in ids.items()}
+        starts = {p: j.start_time.ToNanoseconds() for p, j in jobs.items()}
+        assert starts[5] < starts[0] < starts[-1] and jobs[5].priority == 5
+
+
+# --- on Redis, across processes -------------------------------------------------------------
+
+RUNNING_LINE = re.compile(r"job (\S{8}) running")
+
+
+@pytest.mark.e2e
+def test_a_killed_replica_s_jobs_are_reclaimed_and_every_job_survives_a_restart(serve, redis_server, make_server):
+    flags = ("--cache", "redis", "--redis-url", redis_server.url, "--job-lease-seconds", "2", *JOB_FLAGS)
+    doomed, survivor = serve(*flags), serve(*flags)
+    requests = [long_request(seed=100 + i, size=64, steps=500, repeats=1) for i in range(10)]
+    requests.append(long_request(seed=None, size=16, steps=50, repeats=1))  # unseeded jobs run too
+    with Client(doomed.address) as client:
+        assert client.stub.ListModels(pb.ListModelsRequest()).jobs == "redis"
+        ids = [client.stub.SubmitEdit(r).id for r in requests]
+    wait_for(lambda: RUNNING_LINE.search(doomed.output()), 60, 0.02, "the doomed replica running a job")
+    doomed.process.kill()  # SIGKILL mid-job: its entries stay pending in the group
+    doomed.process.wait(10)
+    taken = set(RUNNING_LINE.findall(doomed.output()))
+    with Client(survivor.address) as client:
+        jobs = [wait_state(client, i, {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED}, 180) for i in ids]
+    assert [j.state for j in jobs] == [pb.JOB_STATE_SUCCEEDED] * len(ids), [j.error for j in jobs]
+    reclaimed = [j for j in jobs if j.id[:8] in taken and j.attempts == 2]
+    assert reclaimed, "no job of the killed replica was run again"
+    assert "reclaimed" in survivor.output()
+
+    direct = make_server(cache="none")  # an independent run of each seeded request
+    with Client(direct.address) as client:
+        for request, job in zip(requests[:-1], jobs):
+            assert [i.data for i in client.edit(request, timeout=120).images] == [i.data for i in job.result.images]
+
+    survivor.stop()  # every replica gone; a new one still answers within the TTL
+    fresh = serve(*flags)
+    with Client(fresh.address) as client:
+        assert [get(client, i) for i in ids] == jobs
+        listed = client.stub.ListJobs(pb.ListJobsRequest(page_size=100)).jobs
+        assert {j.id for j in listed} == set(ids)
+    with redis_server.client() as redis:
+        for lane in ("high", "normal", "low"):
+            assert redis.xlen(f"sdedit-jobs:queue:{lane}") == 0  # ended jobs' entries are gone
+            assert redis.xpending(f"sdedit-jobs:queue:{lane}", "workers")["pending"] == 0
+        assert all(0 < redis.pttl(f"sdedit-jobs:job:{i}") <= 86400_000 for i in ids)
+
+
+@pytest.mark.e2e
+def test_jobs_queued_while_no_replica_runs_are_run_by_the_next_one(serve, redis_server):
+    flags = ("--cache", "redis", "--redis-url", redis_server.url, *JOB_FLAGS)
+    first = serve(*flags, "--job-workers", "1")
+    with Client(first.address) as client:
+        ids = [client.stub.SubmitEdit(long_request(seed=200 + i, size=32, steps=200, repeats=1)).id for i in range(3)]
+    first.stop()  # SIGTERM at once: what it had not run stays queued in Redis
+    second = serve(*flags)
+    with Client(second.address) as client:
+        jobs = [wait_state(client, i, {pb.JOB_STATE_SUCCEEDED}, 120) for i in ids]
+    assert all(len(j.result.images) == 1 for j in jobs)
