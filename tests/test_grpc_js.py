@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
+from google.rpc import status_pb2
 
 from tests.certs import CertificateAuthority
 from tests.conftest import png
@@ -30,6 +32,10 @@ def grpc_js() -> None:
         pytest.skip("npm could not install @grpc/grpc-js")
 
 
+# google/rpc/status.proto (imported by sdedit.proto): googleapis-common-protos ships it
+GOOGLEAPIS = str(Path(status_pb2.__file__).parents[2])
+
+
 def test_grpc_js_edits_over_tls_with_a_token_and_is_refused_without_one(grpc_js, make_server, tmp_path, guide16):
     ca = CertificateAuthority(tmp_path / "ca")
     pair = ca.issue("server")
@@ -39,7 +45,7 @@ def test_grpc_js_edits_over_tls_with_a_token_and_is_refused_without_one(grpc_js,
     guide = tmp_path / "guide.png"
     guide.write_bytes(png(guide16))
     run = subprocess.run(["node", str(ROOT / "tests" / "node" / "edit_client.js"), f"localhost:{srv.running.port}",
-                          str(ca.cert), TOKEN, str(guide), str(ROOT / "proto")],
+                          str(ca.cert), TOKEN, str(guide), str(ROOT / "proto"), GOOGLEAPIS],
                          capture_output=True, text=True, timeout=120,
                          env={**os.environ, "NODE_PATH": str(NODE_TOOLS / "node_modules")})
     assert run.returncode == 0, run.stderr
