@@ -52,7 +52,7 @@ from service.batching import BatchScheduler, TickStats  # noqa: E402
 from service.client import Client, build_request  # noqa: E402
 from service.config import PROJECT_ROOT, load_settings  # noqa: E402
 from service.imaging import encode_png  # noqa: E402
-from service.sdedit import EditParams, EditTrajectory, SDESpec, build_schedule  # noqa: E402
+from service.sdedit import EditParams, EditTrajectory, GaussianNoise, SDESpec, build_schedule  # noqa: E402
 from tests.servers import InProcessServer, test_settings  # noqa: E402
 
 REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -248,25 +248,28 @@ def embedded_acceptance(results: dict) -> dict:
 
 class SleepingAccelerator:
     """A ScoreModel-like backend: a call of n images sleeps a + b * n seconds (the GIL released,
-    no CPU) and returns zeros (a read-only view of one buffer: nothing is computed or copied)."""
+    no CPU) and returns zeros (a read-only view of one buffer: nothing is computed or copied).
+    One accelerator: calls from several threads run one after another, never at once."""
 
     def __init__(self, a_seconds: float, b_seconds: float, shape: tuple[int, ...], max_batch: int):
         self.a, self.b = a_seconds, b_seconds
         self._zeros = np.zeros((max_batch, *shape), dtype=np.float32)
         self._zeros.flags.writeable = False
         self.calls = 0
+        self._device = threading.Lock()
 
     def cost(self, images: int) -> float:
         return self.a + self.b * images
 
     def predict_eps(self, x: np.ndarray, t: np.ndarray, deadline: float | None = None) -> np.ndarray:
-        time.sleep(self.cost(len(x)))
-        self.calls += 1
+        with self._device:
+            time.sleep(self.cost(len(x)))
+            self.calls += 1
         return self._zeros[:len(x)]
 
 
 def simulated_level(level: int, duration: float, warmup: float, calls: int, backend: SleepingAccelerator,
-                    schedule, params: EditParams, guide: np.ndarray, max_batch: int) -> dict:
+                    schedule, params: EditParams, guide: np.ndarray, max_batch: int, pipeline_depth: int) -> dict:
     """One closed loop of `level` edits through a fresh BatchScheduler on the sleeping backend."""
     ticks: list[tuple[float, TickStats]] = []
     recording = threading.Event()
@@ -275,11 +278,11 @@ def simulated_level(level: int, duration: float, warmup: float, calls: int, back
         if recording.is_set():
             ticks.append((time.perf_counter(), stats))
 
-    scheduler = BatchScheduler(f"sim-{level}", backend.predict_eps, max_batch, on_tick=on_tick)
+    scheduler = BatchScheduler(f"sim-{level}", backend.predict_eps, max_batch, on_tick=on_tick, pipeline_depth=pipeline_depth)
     cpu: dict[str, float] = {}
 
     def one_edit(seed: int) -> None:
-        trajectory = EditTrajectory(schedule, guide, None, params, [np.random.default_rng(seed)])
+        trajectory = EditTrajectory(schedule, guide, None, params, [GaussianNoise(seed)])  # the service's noise
         result = scheduler.submit(trajectory).result(600)
         if result.network_calls != calls or not np.isfinite(result.samples).all():
             raise RuntimeError("the simulated edit went wrong")
@@ -300,8 +303,13 @@ def simulated_level(level: int, duration: float, warmup: float, calls: int, back
     batch = min(level, max_batch)
     ideal = batch / (calls * backend.cost(batch))
     at_batch = [s for s in stats if s.images == SIM_CPU_BATCH]
-    row = {"concurrency": level, **window.summary(), "ideal_edits_per_second": ideal,
-           "edits_per_second_over_ideal": window.summary()["edits_per_second"] / ideal,
+    # Edits that start together finish together (a cohort of `level` at each 20th call), so
+    # edits finished in the window come in steps of a cohort; the sample-steps made in it do
+    # not: edits/s is measured as sample-steps / calls per edit over the window.
+    steps_rate = images / calls / window.seconds
+    row = {"concurrency": level, "pipeline_depth": pipeline_depth, **window.summary(), "ideal_edits_per_second": ideal,
+           "finished_edits_per_second": window.summary()["edits_per_second"],
+           "edits_per_second": steps_rate, "edits_per_second_over_ideal": steps_rate / ideal,
            "ticks": len(stats), "images_per_call": images / len(stats) if stats else None,
            "network_ms_per_tick": 1e3 * float(np.mean([s.network_seconds for s in stats])) if stats else None,
            "tick_cpu_ms": 1e3 * float(np.mean([s.cpu_seconds for s in stats])) if stats else None,
@@ -319,7 +327,7 @@ def simulated_level(level: int, duration: float, warmup: float, calls: int, back
 
 
 def run_simulated(levels: list[int], duration: float, warmup: float, calls: int, a_ms: float, b_ms: float,
-                  max_batch: int) -> dict:
+                  max_batch: int, depths: list[int]) -> dict:
     schedule = build_schedule(SDESpec(sde_type="vp_discrete"))
     params = EditParams(t0=T0, steps=calls, sampler=SAMPLER, spacing="logsnr_uniform")
     guide = np.random.default_rng(0).uniform(-1, 1, SIM_SHAPE).astype(np.float32)
@@ -328,26 +336,35 @@ def run_simulated(levels: list[int], duration: float, warmup: float, calls: int,
                      "max_batch_images": max_batch, "params": {"t0": T0, "steps": calls, "sampler": SAMPLER,
                                                                "spacing": params.spacing}, "rows": []}
     for level in levels:
-        row = simulated_level(level, duration, warmup, calls, backend, schedule, params, guide, max_batch)
-        results["rows"].append(row)
-        print(f"  (b) concurrency {level:>3}: {row['edits_per_second']:.2f} edits/s of ideal "
-              f"{row['ideal_edits_per_second']:.2f}", flush=True)
+        for depth in depths:
+            row = simulated_level(level, duration, warmup, calls, backend, schedule, params, guide, max_batch, depth)
+            results["rows"].append(row)
+            print(f"  (b) pipeline depth {depth}, concurrency {level:>3}: {row['edits_per_second']:.2f} edits/s of ideal "
+                  f"{row['ideal_edits_per_second']:.2f}", flush=True)
     results["acceptance"] = simulated_acceptance(results)
     return results
 
 
 def simulated_acceptance(results: dict) -> dict:
-    rows = {r["concurrency"]: r for r in results["rows"]}
+    deepest = max(r["pipeline_depth"] for r in results["rows"])
+    rows = {r["concurrency"]: r for r in results["rows"] if r["pipeline_depth"] == deepest}
     out: dict = {}
     if 32 in rows:
         value = rows[32]["edits_per_second_over_ideal"]
-        out["c32_edits_per_second_over_ideal"] = {"value": value, "target": ">= 0.8", "met": value >= 0.8}
-    r8 = rows.get(SIM_CPU_BATCH)
-    if r8 is not None and "tick_cpu_ms_per_sample_step_at_batch_8" in r8:
-        value = r8["tick_cpu_ms_per_sample_step_at_batch_8"]
-        out["cpu_ms_per_sample_step_at_batch_8"] = {"value": value, "target": f"<= {TARGET_CPU_MS}",
-                                                    "met": value <= TARGET_CPU_MS,
-                                                    "what": "the scheduler thread's CPU outside the network"}
+        out["c32_edits_per_second_over_ideal"] = {"value": value, "target": ">= 0.8", "met": value >= 0.8,
+                                                  "pipeline_depth": deepest}
+    # CPU per sample-step at batch 8: one call of the 8 edits per tick (depth 1)
+    r8 = next((r for r in results["rows"] if r["concurrency"] == SIM_CPU_BATCH and r["pipeline_depth"] == 1), None)
+    if r8 is not None:
+        value = r8["process_cpu_ms_per_sample_step"]
+        out["process_cpu_ms_per_sample_step_at_batch_8"] = {
+            "value": value, "target": f"<= {TARGET_CPU_MS}", "met": value <= TARGET_CPU_MS,
+            "what": "the whole process's CPU (every thread: steps, noise, edits' start and end) per sample-step"}
+        if "tick_cpu_ms_per_sample_step_at_batch_8" in r8:
+            value = r8["tick_cpu_ms_per_sample_step_at_batch_8"]
+            out["tick_cpu_ms_per_sample_step_at_batch_8"] = {"value": value, "target": f"<= {TARGET_CPU_MS}",
+                                                             "met": value <= TARGET_CPU_MS,
+                                                             "what": "the ticks' CPU outside the network, noise excluded"}
         wall = r8["outside_network_wall_ms_per_sample_step"]
         out["wall_ms_per_sample_step_outside_network_at_batch_8"] = {"value": wall, "target": f"<= {TARGET_CPU_MS}",
                                                                      "met": wall is not None and wall <= TARGET_CPU_MS}
@@ -383,15 +400,16 @@ def print_tables(results: dict) -> None:
         print(f"\n(b) simulated accelerator, {b['shape']}, call = {b['a_ms']:g} ms + {b['b_ms']:g} ms x images (sleep), "
               f"{b['calls_per_edit']} calls per edit ({SAMPLER}, {b['params']['spacing']}), max batch "
               f"{b['max_batch_images']}, BatchScheduler direct")
-        print(f"{'conc':>4} {'edits':>6} {'edits/s':>7} {'ideal':>7} {'/ideal':>6} {'img/call':>8} {'net ms':>7} "
+        print(f"{'depth':>5} {'conc':>4} {'edits':>6} {'edits/s':>7} {'ideal':>7} {'/ideal':>6} {'img/call':>8} {'net ms':>7} "
               f"{'cpu ms':>7} {'out ms':>7} {'cpu/ss':>7} {'out/ss':>7} {'proc/ss':>7} {'p50 s':>7}")
         for r in b["rows"]:
-            print(f"{r['concurrency']:>4} {r['edits']:>6} {fmt(r['edits_per_second'])} {fmt(r['ideal_edits_per_second'])} "
+            print(f"{r['pipeline_depth']:>5} {r['concurrency']:>4} {r['edits']:>6} {fmt(r['edits_per_second'])} {fmt(r['ideal_edits_per_second'])} "
                   f"{fmt(r['edits_per_second_over_ideal'], '.2f', 6)} {fmt(r['images_per_call'], '.2f', 8)} "
                   f"{fmt(r['network_ms_per_tick'])} {fmt(r['tick_cpu_ms'])} {fmt(r['outside_network_wall_ms_per_tick'])} "
                   f"{fmt(r['tick_cpu_ms_per_sample_step'])} {fmt(r['outside_network_wall_ms_per_sample_step'])} "
                   f"{fmt(r['process_cpu_ms_per_sample_step'])} {fmt(r['latency_p50_seconds'], '.3f')}")
-        print("net ms = network per tick; cpu ms = the scheduler thread's CPU per tick outside the network; out ms = "
+        print("net ms = network per tick; cpu ms = CPU per tick outside the network (the scheduler thread and the threads "
+              "that took a share of the steps); out ms = "
               "wall per tick outside the network (median); /ss = per sample-step; proc = the whole process's CPU")
         print_acceptance(b["acceptance"])
 
@@ -415,6 +433,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--a-ms", type=float, default=6.0, help="(b) fixed cost of one call, ms (default 6)")
     parser.add_argument("--b-ms", type=float, default=1.2, help="(b) cost per image, ms (default 1.2)")
     parser.add_argument("--sim-max-batch", type=int, default=32, help="(b) largest call, images (default 32)")
+    parser.add_argument("--sim-depths", default="1,2", help="(b) pipeline depths to run side by side (default 1,2; "
+                        "2 is the service's default with Triton)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "benchmarks" / "results" / "batching.json")
     args = parser.parse_args(argv)
     levels = lambda text: [int(v) for v in text.split(",") if v]
@@ -425,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            tuple(levels(args.network_batches)))
     if levels(args.sim_levels):
         results["simulated"] = run_simulated(levels(args.sim_levels), args.duration, args.warmup, args.calls,
-                                             args.a_ms, args.b_ms, args.sim_max_batch)
+                                             args.a_ms, args.b_ms, args.sim_max_batch, levels(args.sim_depths))
     print_tables(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

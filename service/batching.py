@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
 log = logging.getLogger(__name__)
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 IDLE_EXIT_SECONDS = 5.0  # a scheduler's thread ends after this long with nothing to run
+SERIAL_EMA = 0.1  # weight of the latest tick in the moving average of serial seconds per image
 
 
 @dataclass
@@ -65,13 +68,62 @@ class ActiveEdit:
     weight: float = 1.0
     network_seconds: float = 0.0
     started: bool = field(default=False)
+    in_flight: bool = False  # in a call now: it takes its step when the call lands
+
+
+@dataclass(eq=False)
+class Flight:
+    """One network call in flight: its edits, the call, the noise being drawn for their step."""
+
+    batch: list[ActiveEdit]
+    images: int
+    call: Future  # -> (eps, started, ended)
+    drawing: list[Future]
+    launch_cpu_seconds: float
+    launch_seconds: float
+
+
+class CallCosts:
+    """The network's cost per call as a + b * images, fitted (least squares) to the latest
+    seconds seen at each batch size. `a`, the fixed cost of a call, is what splitting the
+    active edits into two calls costs; until two batch sizes have been seen, the one call time
+    known bounds it from above (a <= a + b * n), so the scheduler does not split on a guess."""
+
+    def __init__(self, smoothing: float = 0.2):
+        self.smoothing = smoothing
+        self._seconds: dict[int, float] = {}  # batch size -> moving average of call seconds
+
+    def add(self, images: int, seconds: float) -> None:
+        old = self._seconds.get(images)
+        self._seconds[images] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+    def fixed_seconds(self) -> float:
+        if not self._seconds:
+            return float("inf")
+        if len(self._seconds) == 1:
+            return next(iter(self._seconds.values()))
+        n = np.array(list(self._seconds), dtype=np.float64)
+        seconds = np.array(list(self._seconds.values()))
+        _slope, intercept = np.polyfit(n, seconds, 1)
+        return max(float(intercept), 0.0)
 
 
 class BatchScheduler:
     def __init__(self, name: str, eps_fn: EpsFn, max_batch_images: int,
-                 on_tick: Callable[[TickStats], None] | None = None, noise_threads: int = 2):
+                 on_tick: Callable[[TickStats], None] | None = None, noise_threads: int = 2, pipeline_depth: int = 1):
+        """pipeline_depth 2: up to two calls in flight (two groups of edits), when the fit of
+        the network's costs says it pays (see _groups_now); 1: one call, then its steps."""
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
+        if pipeline_depth not in (1, 2):
+            raise ValueError(f"pipeline_depth must be 1 or 2, got {pipeline_depth}")
+        self.pipeline_depth = pipeline_depth
+        self.costs = CallCosts()
+        self._serial_per_image = 0.0  # moving average: this thread's seconds outside calls, per image
+        self._last_call_end = 0.0
+        # depth 2: the calls' threads, so the second call is sent (its input crossing to the device)
+        # while the first runs; depth 1 calls from the scheduler's thread
+        self._network = ThreadPoolExecutor(pipeline_depth, thread_name_prefix=f"sdedit-call-{name}")
         self.name = name
         self.eps_fn = eps_fn
         self.max_batch_images = max_batch_images
@@ -85,6 +137,8 @@ class BatchScheduler:
         # Next steps' noise is drawn on these threads while the network call runs (numpy's
         # generators release the GIL), each sample from its own generator in its own order.
         self._noise = ThreadPoolExecutor(noise_threads, thread_name_prefix=f"sdedit-noise-{name}") if noise_threads else None
+        # the steps' shares: this thread and the noise threads, at most one per core
+        self._workers = min(noise_threads + 1, os.cpu_count() or 1)
 
     @property
     def active(self) -> int:
@@ -119,35 +173,68 @@ class BatchScheduler:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        self._network.shutdown(wait=True)
         if self._noise is not None:
             self._noise.shutdown(wait=True)
 
     # --- the scheduler's thread -------------------------------------------------------
 
     def _run(self) -> None:
+        flights: deque[Flight] = deque()  # calls in flight, oldest first
         while True:
             with self._wake:
                 deadline = time.monotonic() + IDLE_EXIT_SECONDS
-                while not self._edits and not self._closed:
+                while not flights and not self._edits and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         self._thread = None  # a later submit starts a new one
                         return
                     self._wake.wait(remaining)
-                if self._closed:
+                if self._closed and not flights:
                     edits, self._edits, self._thread = self._edits, [], None
                     for edit in edits:
                         _finish(edit, error=EditCancelled("the service is stopping"))
                     return
-                self._drop_stopped()
-                batch = self._choose()
-            if batch:
-                self._tick(batch)
+                launches = []
+                if not self._closed:
+                    self._drop_stopped()
+                    while len(flights) + len(launches) < self._groups_now():
+                        batch = self._choose()
+                        if not batch:
+                            break
+                        for edit in batch:
+                            edit.in_flight = True
+                        launches.append(batch)
+            for batch in launches:
+                try:
+                    flights.append(self._launch(batch))
+                except Exception as exc:  # a bug in one call's set-up fails its edits, not the thread
+                    log.exception("batch scheduler %s: a call could not be sent", self.name)
+                    self._leave(batch, error=exc)
+            if flights:
+                flight = flights.popleft()
+                try:
+                    self._land(flight)
+                except Exception as exc:  # likewise after the call
+                    log.exception("batch scheduler %s: a call's steps failed", self.name)
+                    self._leave(flight.batch, error=exc)
+
+    def _groups_now(self) -> int:
+        """Calls to have in flight: 1, or 2 (pipeline_depth 2) when the steps' serial work of a
+        full call costs more than a second call's fixed cost (the CallCosts fit), so that one
+        group's steps run while the other group's call does (lock held)."""
+        if self.pipeline_depth < 2:
+            return 1
+        images = sum(edit.trajectory.batch for edit in self._edits)
+        return 2 if images >= 2 and self._serial_per_image * images >= self.costs.fixed_seconds() else 1
 
     def _drop_stopped(self) -> None:
-        """Edits whose caller gave up leave before the next call (lock held)."""
+        """Edits whose caller gave up leave before their next call (lock held)."""
         kept = []
         for edit in self._edits:
+            if edit.in_flight:
+                kept.append(edit)
+                continue
             try:
                 stop = edit.should_stop()
             except Exception as exc:  # noqa: BLE001 - a broken stop check must not take the others down
@@ -160,32 +247,42 @@ class BatchScheduler:
         self._edits = kept
 
     def _choose(self) -> list[ActiveEdit]:
-        """Whole edits for one call: a fair share across tenants by weight, oldest first
-        within one (lock held)."""
+        """Whole edits (not in flight) for one call: a fair share across tenants by weight,
+        oldest first within one (lock held). With two groups in flight, one call takes about
+        half of the active images."""
+        ready = [edit for edit in self._edits if not edit.in_flight]
         queues: dict[str, list[ActiveEdit]] = {}
         for edit in self._edits:  # arrival order: each tenant's edits oldest first
-            queues.setdefault(edit.tenant, []).append(edit)
+            queues.setdefault(edit.tenant, [])
+            if not edit.in_flight:
+                queues[edit.tenant].append(edit)
         served = self._served
         for gone in set(served) - set(queues):
             del served[gone]
         level = min(served.values(), default=0.0)
         for tenant in queues:
             served.setdefault(tenant, level)  # newly active: level with the least served
-        if sum(edit.trajectory.batch for edit in self._edits) <= self.max_batch_images:
-            chosen = list(self._edits)  # everything fits: nobody waits
+        room = self.max_batch_images
+        if self._groups_now() > 1:
+            room = min(room, -(-sum(edit.trajectory.batch for edit in self._edits) // 2))
+        if sum(edit.trajectory.batch for edit in ready) <= room:
+            chosen = ready  # everything fits: nobody waits
             for edit in chosen:
                 served[edit.tenant] += edit.trajectory.batch / edit.weight
         else:
-            chosen = self._fill(queues, served)
+            chosen = self._fill({tenant: edits for tenant, edits in queues.items() if edits}, served, room)
+            if not chosen and ready:  # an edit larger than half: it goes alone
+                chosen = [ready[0]]
+                served[ready[0].tenant] += ready[0].trajectory.batch / ready[0].weight
         low = min(served.values(), default=0.0)
         for tenant in served:  # keep the counts small: only their differences matter
             served[tenant] -= low
         return chosen
 
-    def _fill(self, queues: dict[str, list[ActiveEdit]], served: dict[str, float]) -> list[ActiveEdit]:
+    def _fill(self, queues: dict[str, list[ActiveEdit]], served: dict[str, float], room: int) -> list[ActiveEdit]:
         """Fills one call edit by edit from the least served tenant that has an edit that fits
         (ties: the tenant with the oldest edit), taking that tenant's oldest edit that fits."""
-        chosen, room = [], self.max_batch_images
+        chosen = []
         candidates = {tenant: list(edits) for tenant, edits in queues.items()}
         while candidates:
             tenant = min(candidates, key=lambda name: (served[name], candidates[name][0].order))
@@ -202,52 +299,92 @@ class BatchScheduler:
         chosen.sort(key=lambda e: e.order)
         return chosen
 
-    def _tick(self, batch: list[ActiveEdit]) -> None:
-        cpu_started = time.thread_time()
+    def _launch(self, batch: list[ActiveEdit]) -> Flight:
+        """Builds the call's input, starts drawing the step's noise, and sends the call."""
+        wall, cpu = time.perf_counter(), time.thread_time()
         inputs = [edit.trajectory.network_input() for edit in batch]
         x = inputs[0][0] if len(inputs) == 1 else np.concatenate([i[0] for i in inputs])
         t = inputs[0][1] if len(inputs) == 1 else np.concatenate([i[1] for i in inputs])
         drawing = self._draw_noise(batch)
-        cpu_before_call = time.thread_time() - cpu_started
-        started = time.perf_counter()
+        if self.pipeline_depth == 1:  # one call at a time: made here when it lands, no thread hop
+            call: Future = Future()
+            call.set_result(None)
+            call.inputs = (x, t)  # type: ignore[attr-defined]
+        else:
+            call = self._network.submit(_timed_call, self.eps_fn, x, t)
+        return Flight(batch, len(x), call, drawing, time.thread_time() - cpu, time.perf_counter() - wall)
+
+    def _land(self, flight: Flight) -> None:
+        """Waits for the call, then every edit of it takes its step."""
+        batch = flight.batch
         try:
-            eps = np.asarray(self.eps_fn(x, t), dtype=np.float32)
+            if flight.call.result() is None:  # depth 1: the call is made now
+                eps, started, ended = _timed_call(self.eps_fn, *flight.call.inputs)  # type: ignore[attr-defined]
+            else:
+                eps, started, ended = flight.call.result()
         except Exception as exc:  # noqa: BLE001 - the backend failed: every edit of this call fails with it
-            _wait_all(drawing)
+            _wait_all(flight.drawing)
             self._leave(batch, error=exc)
             return
-        network_seconds = time.perf_counter() - started
-        waited = time.perf_counter()
+        # The device's time for this call: from its start, or from the end of the call before it
+        # when it was queued behind that one (the calls of one accelerator run one at a time).
+        # (Two calls may also run at once, as on a Triton with two instances, and end in either
+        # order: then the later of them counts only its time after the other's end.)
+        network_seconds = max(0.0, ended - max(started, self._last_call_end))
+        self._last_call_end = max(self._last_call_end, ended)
+        self.costs.add(flight.images, network_seconds)
+        wall = time.perf_counter()
         try:
-            _wait_all(drawing)
+            _wait_all(flight.drawing)
         except Exception as exc:  # noqa: BLE001 - a draw failed: its edits' noise is not there
             self._leave(batch, error=exc)
             return
-        noise_wait_seconds = time.perf_counter() - waited
+        noise_wait_seconds = time.perf_counter() - wall
         cpu_started = time.thread_time()
-        done, failed = [], []
-        offset = 0
         for edit in batch:
-            n = edit.trajectory.batch
             edit.network_seconds += network_seconds
-            try:
-                event = edit.trajectory.advance(eps[offset:offset + n])
-                if edit.on_step is not None:
-                    edit.on_step(event)
-            except Exception as exc:  # noqa: BLE001 - the edit fails with it; the others go on
+        outcomes, share_cpu = self._advance_all(batch, np.asarray(eps, dtype=np.float32))
+        done, failed = [], []
+        for edit, exc in outcomes:
+            if exc is not None:
                 failed.append((edit, exc))
-            else:
-                if edit.trajectory.done:
-                    done.append(edit)
-            offset += n
+            elif edit.trajectory.done:
+                done.append(edit)
         for edit in done:
             self._leave([edit], result=edit.trajectory.result(edit.network_seconds))
         for edit, exc in failed:
             self._leave([edit], error=exc)
+        with self._wake:
+            for edit in batch:
+                edit.in_flight = False
+        serial = flight.launch_seconds + time.perf_counter() - wall  # this thread's wall time outside the call
+        self._serial_per_image += SERIAL_EMA * (serial / flight.images - self._serial_per_image)
         if self._on_tick is not None:
-            self._on_tick(TickStats(images=len(x), edits=len(batch), network_seconds=network_seconds,
-                                    cpu_seconds=cpu_before_call + time.thread_time() - cpu_started,
-                                    noise_wait_seconds=noise_wait_seconds))
+            try:
+                self._on_tick(TickStats(images=flight.images, edits=len(batch), network_seconds=network_seconds,
+                                        cpu_seconds=flight.launch_cpu_seconds + time.thread_time() - cpu_started + share_cpu,
+                                        noise_wait_seconds=noise_wait_seconds))
+            except Exception:  # a broken observer must not stop the scheduler
+                log.exception("batch scheduler %s: the tick observer failed", self.name)
+
+    def _advance_all(self, batch: list[ActiveEdit], eps: np.ndarray) -> tuple[list[tuple[ActiveEdit, BaseException | None]], float]:
+        """Every edit's step on its slice of eps, and the CPU seconds of the other threads that
+        took part. With more than one edit, the edits are split into contiguous shares of about
+        equal images, one per core (numpy's arithmetic releases the GIL, so the shares run in
+        parallel); each edit's step is the same wherever it runs."""
+        offsets = np.cumsum([0] + [edit.trajectory.batch for edit in batch])
+        jobs = [(edit, eps[offsets[i]:offsets[i + 1]]) for i, edit in enumerate(batch)]
+        if self._noise is None or self._workers < 2 or len(jobs) < 2:
+            return [_advance(edit, part) for edit, part in jobs], 0.0
+        shares = _split_by_images(jobs, self._workers)
+        futures = [self._noise.submit(_advance_share, share) for share in shares[1:]]
+        outcomes = [_advance(edit, part) for edit, part in shares[0]]  # this thread takes a share too
+        cpu = 0.0
+        for future in futures:
+            share_outcomes, share_cpu = future.result()
+            outcomes.extend(share_outcomes)
+            cpu += share_cpu
+        return outcomes, cpu
 
     def _draw_noise(self, batch: list[ActiveEdit]) -> list[Future]:
         tasks = [task for edit in batch for task in edit.trajectory.noise_tasks()]
@@ -263,6 +400,42 @@ class BatchScheduler:
             self._edits = [e for e in self._edits if id(e) not in leaving]
         for edit in edits:
             _finish(edit, result, error)
+
+
+def _timed_call(eps_fn: EpsFn, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, float, float]:
+    started = time.perf_counter()
+    eps = eps_fn(x, t)
+    return eps, started, time.perf_counter()
+
+
+def _advance(edit: ActiveEdit, eps: np.ndarray) -> tuple[ActiveEdit, BaseException | None]:
+    """One edit's step and its progress callback; an error fails that edit only."""
+    try:
+        event = edit.trajectory.advance(eps)
+        if edit.on_step is not None:
+            edit.on_step(event)
+    except Exception as exc:  # noqa: BLE001 - the edit fails with it; the others go on
+        return edit, exc
+    return edit, None
+
+
+def _advance_share(share: list) -> tuple[list, float]:
+    started = time.thread_time()
+    outcomes = [_advance(edit, part) for edit, part in share]
+    return outcomes, time.thread_time() - started
+
+
+def _split_by_images(jobs: list, shares: int) -> list[list]:
+    """Contiguous shares of about equal images (whole edits), at most `shares` of them."""
+    total = sum(len(part) for _, part in jobs)
+    out: list[list] = [[]]
+    filled = 0
+    for job in jobs:
+        if out[-1] and filled >= total * len(out) / shares and len(out) < shares:
+            out.append([])
+        out[-1].append(job)
+        filled += len(job[1])
+    return out
 
 
 def _wait_all(futures: list[Future]) -> None:

@@ -78,6 +78,10 @@ class Settings:
                                     "call per step between them); more wait in the queue. Replaces --max-concurrent-edits")
     max_batch_images: int = setting(32, "largest network call, in images: active edits' samples beyond it wait for the "
                                     "next step, oldest edit first; also the largest num_samples")
+    pipeline_depth: int = setting(0, "network calls in flight per batch scheduler: 2 lets one group of edits take its "
+                                  "steps while the other group's call runs, when a fit of the call costs says it pays "
+                                  "(an accelerator: Triton); 1 = one call, then its steps; 0 = 2 with triton, 1 with "
+                                  "onnx (in process the network and the steps share the same cores)")
     max_queue: int = setting(16, "edits waiting for a slot; beyond this RESOURCE_EXHAUSTED")
     max_num_samples: int = setting(16, "largest num_samples per request")
     max_pixels: int = setting(1 << 20, "largest image, in pixels (width x height)")
@@ -139,6 +143,8 @@ class Settings:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
+        if self.pipeline_depth not in (0, 1, 2):
+            problems.append(f"pipeline_depth must be 0 (by backend), 1 or 2, got {self.pipeline_depth}")
         for name in ("grace_seconds", "max_connection_age_seconds", "shutdown_linger_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -32,7 +32,7 @@ from service.metrics import Metrics
 from service.models import LoadedModel, ModelRegistry
 from service.procmem import rss_bytes
 from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
-from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.sdedit import EditCancelled, EditResult, EditTrajectory, GaussianNoise, StepEvent
 from service.sdedit.engine import plan_levels
 from service.tenants import ANONYMOUS, Tenant
 from service.validation import RequestPlan, decode_job, plan_request
@@ -222,8 +222,9 @@ class EditService:
                 limit = self.settings.max_batch_images
                 if model.info.max_batch_size:  # Triton's config bounds one call too
                     limit = min(limit, model.info.max_batch_size)
+                depth = self.settings.pipeline_depth or (2 if self.settings.backend == "triton" else 1)
                 scheduler = BatchScheduler("x".join(map(str, key)), self.metrics.timed_network(model.info.name, model.backend.predict_eps),
-                                           limit, on_tick=self.metrics.batch_tick)
+                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=depth)
                 self._schedulers[key] = scheduler
             return scheduler
 
@@ -271,7 +272,7 @@ class EditService:
 
     @staticmethod
     def _trajectory(job: EditJob, model: LoadedModel) -> EditTrajectory:
-        rngs = [np.random.default_rng(seed) for seed in job.seeds]
+        rngs = [GaussianNoise(seed) for seed in job.seeds]
         return EditTrajectory(model.schedule, job.guide, job.mask, job.params, rngs)
 
     def _outcome(self, job: EditJob, model: LoadedModel, result: EditResult, sde_seconds: float) -> EditOutcome:

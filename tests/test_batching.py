@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.backends.onnx import OnnxScoreModel
-from service.batching import BatchScheduler, TickStats
+from service.batching import BatchScheduler, CallCosts, TickStats
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
 from service.imaging import decode_npy
@@ -50,9 +50,10 @@ def alone(model: OnnxScoreModel, trajectory: EditTrajectory) -> np.ndarray:
     return trajectory.result().samples
 
 
-def batched(model: OnnxScoreModel, built: list[EditTrajectory], max_batch: int = 64) -> tuple[list[np.ndarray], list[TickStats]]:
+def batched(model: OnnxScoreModel, built: list[EditTrajectory], max_batch: int = 64,
+            pipeline_depth: int = 1) -> tuple[list[np.ndarray], list[TickStats]]:
     ticks: list[TickStats] = []
-    scheduler = BatchScheduler("test", model.predict_eps, max_batch, on_tick=ticks.append)
+    scheduler = BatchScheduler("test", model.predict_eps, max_batch, on_tick=ticks.append, pipeline_depth=pipeline_depth)
     try:
         futures = [scheduler.submit(t) for t in built]
         return [f.result(60).samples for f in futures], ticks
@@ -121,7 +122,8 @@ def test_edits_beyond_the_batch_wait_oldest_first_and_all_finish(gauss):
     assert finished[:3] == [0, 2, 1] and sorted(finished[3:]) == [3, 4, 5]
 
 
-def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss):
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss, depth):
     schedule = build_schedule(gauss.info.sde)
     guide = np.zeros((1, 16, 16), np.float32)
     long = EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=50, sampler="ddpm"), [np.random.default_rng(1)])
@@ -132,7 +134,8 @@ def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss
         time.sleep(0.01)
         return gauss.predict_eps(x, t)
 
-    scheduler = BatchScheduler("cancel", slow, 8)
+    scheduler = BatchScheduler("cancel", slow, 8, pipeline_depth=depth)
+    scheduler.costs = FixedCosts(0.0)  # depth 2: always two groups, so `long` is alone in its calls
     try:
         cancelled = scheduler.submit(long, should_stop=stop.is_set)
         kept = scheduler.submit(other)
@@ -146,6 +149,72 @@ def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss
         assert long.network_calls == calls_when_stopped <= 5  # it made no call after it left
     finally:
         scheduler.close()
+
+
+class FixedCosts:
+    """Stands in for CallCosts where a test needs the split decision fixed (CallCosts' own fit
+    is tested apart): fixed_seconds 0 means two groups whenever two images are active."""
+
+    def __init__(self, fixed: float):
+        self.fixed = fixed
+
+    def add(self, images: int, seconds: float) -> None:
+        pass
+
+    def fixed_seconds(self) -> float:
+        return self.fixed
+
+
+def test_call_costs_fit_the_fixed_cost_and_bound_it_before_two_sizes_are_seen():
+    costs = CallCosts()
+    assert costs.fixed_seconds() == float("inf")  # nothing seen: never split
+    costs.add(32, 0.0444)
+    assert costs.fixed_seconds() == pytest.approx(0.0444)  # a <= a + 32 b: an upper bound
+    for images in (1, 8, 32):
+        costs.add(images, 0.006 + 0.0012 * images)
+    assert costs.fixed_seconds() == pytest.approx(0.006, abs=1e-4)
+
+
+class Device:
+    """One accelerator: calls run one at a time (a lock), sleeping 2 ms per image, then the real
+    network; it records how many calls were outstanding at once (sent and not answered)."""
+
+    def __init__(self, model: OnnxScoreModel):
+        self.model = model
+        self.lock = threading.Lock()
+        self.outstanding = self.most_outstanding = 0
+        self.count = threading.Lock()
+
+    def __call__(self, x, t):
+        with self.count:
+            self.outstanding += 1
+            self.most_outstanding = max(self.most_outstanding, self.outstanding)
+        try:
+            with self.lock:
+                time.sleep(0.002 * len(x))
+                return self.model.predict_eps(x, t)
+        finally:
+            with self.count:
+                self.outstanding -= 1
+
+
+def test_two_groups_in_flight_overlap_and_stay_bit_identical_to_each_edit_alone(gauss):
+    solo = [alone(gauss, t) for t in trajectories(gauss)]
+    device = Device(gauss)
+    ticks: list[TickStats] = []
+    scheduler = BatchScheduler("two", device, 64, on_tick=ticks.append, pipeline_depth=2)
+    scheduler.costs = FixedCosts(0.0)
+    try:
+        with scheduler._wake:  # every edit is queued before the first call
+            futures = [scheduler.submit(t) for t in trajectories(gauss)]
+        together = [f.result(60).samples for f in futures]
+    finally:
+        scheduler.close()
+    for a, b in zip(solo, together):
+        np.testing.assert_array_equal(a, b)
+    assert device.most_outstanding == 2  # a second call was sent while the first ran
+    total = sum(n for _, _, n in MIXED)
+    assert max(t.images for t in ticks) <= -(-total // 2) + max(n for _, _, n in MIXED)  # about half the images each
 
 
 def test_a_failing_network_call_fails_every_edit_in_it(gauss):
@@ -219,7 +288,9 @@ def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton
         calls, _ = solo_then_together(server, requests)
         assert calls < sum(r.steps for r in requests)  # one infer call per tick carried several edits
         pool = server.service.registry.get("gauss").backend.connection.shm
-        assert len(pool.region_names()) == 3  # one set (x, t, eps), sized for a full batch, served every call
+        # one set (x, t, eps) per call in flight, each sized for a full batch, reused by every
+        # call: with Triton the scheduler keeps up to two calls in flight (pipeline_depth 0 -> 2)
+        assert len(pool.region_names()) in (3, 6), pool.region_names()
     finally:
         server.stop()
 

@@ -25,7 +25,7 @@ from service.backends.repository import load_model_info
 from service.cli import main as cli_main
 from service.client import Client, build_request
 from service.imaging import decode_npy, encode_png, to_model_range
-from service.sdedit import EditParams, SDESpec, build_schedule, run_sdedit
+from service.sdedit import EditParams, GaussianNoise, SDESpec, build_schedule, run_sdedit
 from tests.servers import InProcessServer, test_settings
 
 torch = pytest.importorskip("torch", reason="sdedit import needs torch (the train extra)")
@@ -169,7 +169,7 @@ def test_served_edit_equals_in_process_diffusers(repository, sources, name):
     info = load_model_info(repository / name)
     eps_fn = eps_fn_ddpm(sources["ddpm"]) if name == "ddpm" else eps_fn_ncsnpp(sources["ncsnpp"], info.sde)
     params = EditParams(t0=0.6, steps=5, sampler="dpmpp_2m_sde", spacing="logsnr_uniform")
-    local = run_sdedit(eps_fn, build_schedule(info.sde), to_model_range(pixels), None, params, [np.random.default_rng(11)])
+    local = run_sdedit(eps_fn, build_schedule(info.sde), to_model_range(pixels), None, params, [GaussianNoise(11)])
     assert response.network_calls == 5
     assert np.abs(served - local.samples[0]).max() < 1e-3
 

@@ -23,6 +23,7 @@ from service.backends.onnx import OnnxScoreModel
 from service.backends.repository import model_parameters, write_model
 from service.oracle_models import gaussian_model
 from service.sdedit.engine import EditParams, run_sdedit
+from service.sdedit.noise import GaussianNoise
 from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule, start_level, strided_levels
 from tests.stats import FAMILY_ALPHA, bonferroni_z, family_false_failure
 
@@ -168,7 +169,7 @@ def oracle_models(tmp_path_factory) -> dict[str, OnnxScoreModel]:
 
 
 def run(models, sde: str, guide: np.ndarray, mask: np.ndarray | None, params: EditParams, seed: int) -> np.ndarray:
-    rngs = [np.random.default_rng(seed + i) for i in range(SAMPLES)]
+    rngs = [GaussianNoise(seed + i) for i in range(SAMPLES)]  # the service's own noise streams
     result = run_sdedit(models[sde].predict_eps, build_schedule(SPECS[sde]), guide, mask, params, rngs)
     n0 = start_level(params.t0, SPECS[sde].timesteps)
     assert result.network_calls == len(strided_levels(n0, params.steps or n0)) * params.repeats

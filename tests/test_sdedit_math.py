@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.sdedit import EditParams, SDESpec, build_schedule, get_sampler, run_sdedit
+from service.sdedit import EditParams, GaussianNoise, SDESpec, build_schedule, get_sampler, run_sdedit
 from service.sdedit.engine import EditCancelled
 from service.sdedit.samplers import SAMPLERS, coefficients
 from service.sdedit.schedules import alphas_cumprod, linear_betas, start_level, strided_levels
@@ -124,13 +124,14 @@ def fake_eps(x: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 # (sde, sampler, steps, repeats, masked) -> (sum, mean of squares) of the two outputs, recorded
-# from this implementation; a change here means the numbers a seed gives have changed.
+# from this implementation with the service's noise streams (GaussianNoise); a change here means
+# the numbers a seed gives have changed: bump ENGINE_VERSION in the same change.
 GOLDEN = {
-    ("vp_discrete", "ddpm", 0, 1, False): (-523.677001953125, 43.32450485229492),
-    ("vp_discrete", "ddim", 50, 1, False): (-323.9398193359375, 26.756309509277344),
-    ("vp_discrete", "ddpm", 50, 2, True): (-164.5585174560547, 21.238704681396484),
-    ("ve", "euler_maruyama", 0, 1, False): (-24.52304458618164, 2.8380072116851807),
-    ("vp", "ddim", 20, 1, True): (-22.975902557373047, 3.4159443378448486),
+    ("vp_discrete", "ddpm", 0, 1, False): (-399.17071533203125, 41.581626892089844),
+    ("vp_discrete", "ddim", 50, 1, False): (-261.1751708984375, 26.63744354248047),
+    ("vp_discrete", "ddpm", 50, 2, True): (-167.69361877441406, 14.945878982543945),
+    ("ve", "euler_maruyama", 0, 1, False): (23.440044403076172, 3.48531174659729),
+    ("vp", "ddim", 20, 1, True): (23.470184326171875, 5.176474571228027),
 }
 
 
@@ -141,7 +142,7 @@ def golden_run(sde: str, sampler: str, steps: int, repeats: int, masked: bool) -
     if masked:
         mask = np.zeros((8, 8), dtype=np.float32)
         mask[2:6, 2:6] = 1
-    rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+    rngs = [GaussianNoise(0), GaussianNoise(1)]  # the service's noise streams
     result = run_sdedit(fake_eps, build_schedule(spec), guide, mask, EditParams(t0=0.6, steps=steps, repeats=repeats,
                         sampler=sampler), rngs)
     return result.samples
@@ -206,3 +207,48 @@ def test_per_sample_guides_and_masks_equal_separate_runs():
         np.testing.assert_array_equal(batched.samples[i][0][masks[i] == 0], guides[i][0][masks[i] == 0])
     with pytest.raises(ValueError, match="guide must be"):
         run_sdedit(fake_eps, schedule, guides[:2], None, params, [np.random.default_rng(s) for s in range(3)])
+
+
+# --- the noise streams (service/sdedit/noise.py) ---------------------------------------------------
+
+NOISE_DRAWS = 1 << 20
+
+
+def test_gaussian_noise_is_standard_normal():
+    """Box-Muller on float32 uniforms. Each bound is 5 standard errors of its statistic at
+    n = 2^20 (a two-sided 5-sigma bound fails by chance with p = 6e-7; four of them, so the
+    family's false-alarm rate is < 3e-6 for a fixed seed), and the Kolmogorov-Smirnov distance
+    has its alpha = 1e-6 critical value sqrt(-ln(alpha / 2) / (2 n)). The tails are cut at
+    sqrt(-2 ln 2^-24) = 5.77 by construction."""
+    from math import erf, log, sqrt
+
+    z = GaussianNoise(0).standard_normal(NOISE_DRAWS).astype(np.float64)
+    n = z.size
+    assert abs(z.mean()) < 5 / sqrt(n)
+    assert abs(z.var() - 1) < 5 * sqrt(2 / n)
+    assert abs((z**3).mean()) < 5 * sqrt(15 / n)  # Var(z^3) = 15
+    assert abs((z**4).mean() - 3) < 5 * sqrt(96 / n)  # Var(z^4) = 105 - 9
+    assert np.abs(z).max() <= sqrt(-2 * log(2.0**-24)) + 1e-5
+    ordered = np.sort(z)
+    cdf = 0.5 * (1 + np.vectorize(erf)(ordered / sqrt(2)))
+    ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+    assert ks < sqrt(-log(1e-6 / 2) / (2 * n))
+    # the cosine and sine halves of one draw are independent: their correlation is ~ N(0, 1/m)
+    half = n // 2
+    assert abs(np.corrcoef(z[:half], z[half:])[0, 1]) < 5 / sqrt(half)
+
+
+def test_gaussian_noise_is_a_function_of_seed_and_position():
+    shape = (3, 5, 7)  # odd: the last value is a cosine with no sine
+    one = GaussianNoise(42).standard_normal(shape)
+    out = np.empty(shape, dtype=np.float32)
+    GaussianNoise(42).standard_normal(out=out, dtype=np.float32)
+    np.testing.assert_array_equal(one, out)
+    assert one.dtype == np.float32 and one.shape == shape and np.isfinite(one).all()
+    stream = GaussianNoise(42)
+    first, second = stream.standard_normal(shape), stream.standard_normal(shape)
+    np.testing.assert_array_equal(first, one)
+    assert not np.array_equal(first, second)
+    assert not np.array_equal(GaussianNoise(43).standard_normal(shape), one)
+    with pytest.raises(ValueError, match="float32"):
+        GaussianNoise(0).standard_normal(4, dtype=np.float64)

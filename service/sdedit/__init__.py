@@ -6,6 +6,7 @@ sigma = 0); levels 1..N are the network's timesteps. The network predicts eps.
 """
 
 from service.sdedit.engine import EditCancelled, EditParams, EditResult, EditTrajectory, StepEvent, run_sdedit
+from service.sdedit.noise import GaussianNoise
 from service.sdedit.samplers import SAMPLERS, Sampler, get_sampler
 from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
 
@@ -13,7 +14,7 @@ from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
 # change that makes any edit give other samples for the same inputs and seed (a sampler's
 # update, a schedule, the masking, how the noise is drawn), so no replica serves results
 # of the old code as if they were the new code's.
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2  # 2: the noise is drawn by Box-Muller (service/sdedit/noise.py), no longer numpy's ziggurat
 
 __all__ = [
     "ENGINE_VERSION",
@@ -22,6 +23,7 @@ __all__ = [
     "EditParams",
     "EditResult",
     "EditTrajectory",
+    "GaussianNoise",
     "NoiseSchedule",
     "SDESpec",
     "Sampler",

@@ -23,9 +23,10 @@ deliberate choice, not the paper's: the reference code re-noises at the step's *
 (alpha_s, one level too noisy for the output it is mixed with) with one draw per repeat, and
 the paper's Algorithm 3, as far as we can read it, also uses the input level, with fresh noise.
 
-Every sample has its own generator and draws, in a fixed order, the start noise of each
-repeat, then per step the sampler noise (if any) and the mask noise (if a mask), so a
-sample's output depends on its own seed only, not on the batch it ran in.
+Every sample has its own noise stream (service/sdedit/noise.py GaussianNoise, one per seed;
+any object with numpy.random.Generator's standard_normal will do) and draws, in a fixed order,
+the start noise of each repeat, then per step the sampler noise (if any) and the mask noise
+(if a mask), so a sample's output depends on its own seed only, not on the batch it ran in.
 """
 
 from __future__ import annotations
