@@ -88,7 +88,8 @@ function modelChanged(reset = true) {
   const sizes = model.flexibleSize
     ? `; other sizes in multiples of ${model.sizeMultiple} up to ${model.maxWidth}×${model.maxHeight}`
     : "";
-  $("model-info").textContent = `${model.description ? `${model.description} ` : ""}Native size ${model.width}×${model.height}${sizes}. Default steps: ${model.defaultSteps || "?"}.`;
+  const description = model.description ? `${model.description.replace(/[.\s]*$/, "")}. ` : "";
+  $("model-info").textContent = `${description}Native size ${model.width}×${model.height}${sizes}; default steps ${model.defaultSteps || "?"}.`;
   $("steps").placeholder = String(model.defaultSteps || 0);
 }
 
@@ -315,16 +316,17 @@ async function submit(event) {
   const model = currentModel();
   if (!model || job) return;
   clearError();
+  setState("submitting");  // at once: the state never shows the previous job's end after a click
+  window.__sdeditEvents = [];
   let request;
   try {
     request = await buildRequest(model);
   } catch (error) {
     showError(error, "Check the form");
+    setState("idle");
     return;
   }
-  window.__sdeditEvents = [];
   window.__sdeditLastRequest = request;
-  setState("submitting");
   $("progress").value = 0;
   status("Submitting…");
   results.start($("canvas").toDataURL("image/png"), layers.width, layers.height, request.numSamples);
