@@ -9,7 +9,7 @@
        "work_per_minute": 20000,           # network calls x images per minute, across replicas; 0 = no limit
        "models": ["digits"],               # models it may use (default: all)
        "methods": ["Edit", "StreamEdit"]}]}   # RPCs it may call (default: these, ListModels,
-                                              # ServerReflectionInfo and the job methods)
+                                              # ServerReflectionInfo and the job RPCs)
 
 A token is looked up by the SHA-256 of what the caller sent, compared with every tenant's
 hashes in constant time (hmac.compare_digest, no early exit). Tokens are never logged and
@@ -33,7 +33,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-# The job methods only ever see the caller's own tenant's jobs; SubmitEdit is charged like Edit.
 JOB_METHODS = frozenset({"SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"})
 DEFAULT_METHODS = frozenset({"Edit", "StreamEdit", "ListModels", "ServerReflectionInfo"}) | JOB_METHODS
 KNOWN_METHODS = DEFAULT_METHODS
