@@ -68,6 +68,7 @@ export const cancelJob = (id) => call("DELETE", `v1/jobs/${encodeURIComponent(id
 export function followEvents(jobId, onEvent, onFailure) {
   const url = `v1/jobs/${encodeURIComponent(jobId)}/events`;
   const follow = getToken() ? followWithFetch : followWithEventSource;
+  window.__sdeditStream = getToken() ? "fetch" : "EventSource";  // which reader followed (tests look)
   return follow(url, onEvent, onFailure);
 }
 
