@@ -292,8 +292,13 @@ function onEvent(type, data, sequence) {
 function showResult(result) {
   results.result(result.images || [], job.model);
   $("progress").value = 1;
-  const timing = result.timings && result.timings.totalSeconds ? ` in ${result.timings.totalSeconds.toFixed(2)} s` : "";
-  finish("succeeded", `Done: ${(result.images || []).length} image(s), ${result.networkCalls || 0} network calls${timing}${result.cached ? " (cached)" : ""}.`);
+  finish("succeeded", `Done: ${(result.images || []).length} image(s), ${result.networkCalls || 0} network calls${result.cached ? " (cached)" : ""}.`);
+  if (result.timings && result.timings.totalSeconds) {
+    const timing = document.createElement("span");
+    timing.className = "timing";
+    timing.textContent = ` ${result.timings.totalSeconds.toFixed(2)} s on the service.`;
+    $("status").append(timing);
+  }
 }
 
 /** The stream could not be followed: the job record tells how it ended, or the error stands. */
