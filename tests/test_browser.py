@@ -34,6 +34,9 @@ pytestmark = [
                               "(scripts/install_test_tools.sh installs chromium and chromium-driver as root)"),
 ]
 TOKEN = "tok-editor-" + "5" * 32
+CANVAS_MAX = """(() => { const c = document.getElementById('canvas');
+    const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+    let m = 0; for (let i = 0; i < d.length; i += 4) m = Math.max(m, d[i]); return m; })()"""
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +138,12 @@ def test_paint_a_stroke_and_a_mask_submit_and_get_the_guide_back_outside_the_mas
         assert page.locator("#model").input_value() == "digits"
         assert "32×32" in page.inner_text("#canvas-note") and "greyscale" in page.inner_text("#canvas-note")
 
-        # a guide of the wrong size is refused with the reason; the model's size is taken
+        # digits takes other sizes in multiples of 4: the canvas follows the guide
+        (tmp_path / "wide.png").write_bytes(png_bytes(np.zeros((32, 48), np.uint8)))
+        page.set_input_files("#guide-file", str(tmp_path / "wide.png"))
+        page.wait_for_function("document.getElementById('canvas').width === 48")
+        assert page.evaluate("document.getElementById('canvas').height") == 32 and "48×32" in page.inner_text("#canvas-note")
+        # a guide of a size the model does not take is refused with the reason
         (tmp_path / "odd.png").write_bytes(png_bytes(np.zeros((30, 30), np.uint8)))
         page.set_input_files("#guide-file", str(tmp_path / "odd.png"))
         page.wait_for_selector("#error:not([hidden])")
@@ -217,6 +225,11 @@ def test_the_page_works_with_a_bearer_token(page, tmp_path):
         page.reload()  # the token is kept for the tab's session
         page.wait_for_function("document.body.dataset.state === 'idle' && document.getElementById('model').options.length > 0")
         assert page.locator("#token").input_value() == TOKEN
+        drag(page, [(2, 2), (30, 30)])
+        assert page.evaluate(CANVAS_MAX) == 255
+        page.select_option("#model", "digits-mixture")  # another model: a blank canvas at its size
+        assert page.evaluate(CANVAS_MAX) == 0
+        page.select_option("#model", "digits")
         drag(page, [(8, 6), (24, 6), (14, 26)])  # a "7" on a blank canvas
         page.fill("#seed", "3")
         page.fill("#steps", "6")
