@@ -134,9 +134,11 @@ function followWithFetch(url, onEvent, onFailure) {
 
   (async () => {
     for (let attempt = 0; !finished; attempt++) {
+      const before = lastSequence;
       try {
         await readOnce();
-        attempt = 0;
+        if (lastSequence > before) attempt = 0;  // it moved on: a fresh allowance of retries
+        else if (attempt >= 5) throw new Error("the stream keeps ending without the job's end");
       } catch (error) {
         if (finished) return;
         if (error instanceof ApiError || attempt >= 5) {
