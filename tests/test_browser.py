@@ -166,7 +166,8 @@ def test_paint_a_stroke_and_a_mask_submit_and_get_the_guide_back_outside_the_mas
         page.fill("#steps", "100000")  # more than t0 allows: the service's error, naming the field
         page.click("#submit")
         assert wait_finished(page) == "failed"
-        assert "INVALID_ARGUMENT" in page.inner_text("#error") and "steps" in page.inner_text("#error")
+        assert "INVALID_ARGUMENT" in page.inner_text("#error") and "got 100000" in page.inner_text("#error")
+        assert page.inner_text("#error .field") == "field: steps"  # the BadRequest field violation
         page.fill("#steps", "10")
         page.click("#submit")
         assert wait_finished(page) == "succeeded", page.inner_text("#error")

@@ -39,7 +39,8 @@ function showError(error, context = "") {
   for (const { field, description } of error.fields || []) {
     const line = document.createElement("div");
     line.className = "field";
-    line.textContent = `field ${field}${description ? `: ${description}` : ""}`;
+    const said = !description || error.message.includes(description);  // the service's message often says it already
+    line.textContent = `field: ${field}${said ? "" : ` (${description})`}`;
     box.append(line);
   }
   if (error.httpStatus === 401) box.append(document.createTextNode("\nEnter a bearer token above."));
@@ -334,7 +335,7 @@ async function submit(event) {
   window.__sdeditLastRequest = request;
   $("progress").value = 0;
   status("Submitting…");
-  results.start($("canvas").toDataURL("image/png"), layers.width, layers.height, request.numSamples);
+  results.start($("canvas").toDataURL("image/png"), layers.width, layers.height, request.numSamples, !!request.mask && layers.showMask);
   try {
     const record = await submitJob(request);
     job = { id: record.id, model: model.name, stop: () => {} };

@@ -40,13 +40,13 @@ export class Results {
     this.urls = [];
   }
 
-  /** A new job: the guide (PNG data URL, mask already drawn over it) and empty sample slots. */
-  start(guideUrl, width, height, samples) {
+  /** A new job: the guide (PNG data URL, with the mask tinted over it if `tinted`) and empty sample slots. */
+  start(guideUrl, width, height, samples, tinted) {
     this.urls.forEach((url) => URL.revokeObjectURL(url));
     this.urls = [];
     this.width = width;
     this.height = height;
-    this.element.replaceChildren(card(guideUrl, width, height, "guide (mask tinted)"));
+    this.element.replaceChildren(card(guideUrl, width, height, tinted ? "guide (mask tinted)" : "guide"));
     this.guideCard = this.element.firstChild;
     this.guideCard.dataset.role = "guide";
     this.slots = [];
