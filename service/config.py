@@ -37,6 +37,8 @@ class Settings:
     # transport
     host: str = setting("0.0.0.0", "address the gRPC server binds")
     port: int = setting(50051, "gRPC port (0 picks a free port)")
+    http_port: int = setting(8080, "HTTP/JSON port (docs/http.md): REST + JSON, Server-Sent Events, OpenAPI, the page; "
+                             "bound to host, TLS as the gRPC port (0 picks a free port, -1 disables)")
     metrics_port: int = setting(9464, "Prometheus metrics HTTP port (0 picks a free port, -1 disables)")
     health_port: int = setting(-1, "a plaintext port serving grpc.health.v1 only, for probes that cannot speak TLS "
                                "(Kubernetes' gRPC probes); -1: none (health is on the gRPC port as well, always)")
@@ -131,6 +133,10 @@ class Settings:
             problems.append(f"metrics_port must be in [-1, 65535], got {self.metrics_port}")
         if self.port and self.port == self.metrics_port:
             problems.append(f"port and metrics_port are both {self.port}")
+        if not -1 <= self.http_port <= 65535:
+            problems.append(f"http_port must be in [-1, 65535], got {self.http_port}")
+        if self.http_port > 0 and self.http_port in (self.port, self.metrics_port, self.health_port):
+            problems.append(f"http_port {self.http_port} is taken by port, metrics_port or health_port")
         if not -1 <= self.health_port <= 65535:
             problems.append(f"health_port must be in [-1, 65535], got {self.health_port}")
         if self.health_port > 0 and self.health_port in (self.port, self.metrics_port):

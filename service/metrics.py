@@ -87,6 +87,14 @@ class Metrics:
         self.rpc_handling_seconds = Histogram("grpc_server_handling_seconds", "time from an RPC's start to its status",
                                               RPC_LABELS, buckets=LATENCY_BUCKETS, registry=r)
 
+        # the HTTP/JSON door (service/http/): route is the route's template, "unmatched" for
+        # unknown paths, so the label stays bounded
+        self.http_requests_total = Counter("sdedit_http_requests", "HTTP requests answered, by method, route template "
+                                           "and HTTP code (499: the client went away)", ("method", "route", "code"), registry=r)
+        self.http_request_seconds = Histogram("sdedit_http_request_seconds", "time from an HTTP request's arrival to its "
+                                              "answer's end (an event stream: to its last event)", ("method", "route"),
+                                              buckets=LATENCY_BUCKETS, registry=r)
+
         # the stages of an edit (successful edits; failures show in grpc_server_handled_total)
         self.queue_wait_seconds = Histogram("sdedit_queue_wait_seconds", "time an admitted edit waited for a slot",
                                             buckets=LATENCY_BUCKETS, registry=r)
@@ -201,6 +209,10 @@ class Metrics:
         service, name = split_method(method)
         self.rpc_handled_total.labels(rpc_type, service, name, code.name).inc()
         self.rpc_handling_seconds.labels(rpc_type, service, name).observe(seconds)
+
+    def http_handled(self, method: str, route: str, code: int, seconds: float) -> None:
+        self.http_requests_total.labels(method, route, str(code)).inc()
+        self.http_request_seconds.labels(method, route).observe(seconds)
 
     def decoded(self, model: str, seconds: float) -> None:
         self.decode_seconds.labels(model).observe(seconds)

@@ -10,6 +10,9 @@ Health follows the score backend: a watcher re-checks its readiness every
 load balancers route around a replica whose Triton is gone, without restarting it. The
 health service name `liveness` only says that this process answers (SERVING until shutdown):
 a liveness probe must not restart every replica because Triton is down.
+
+The HTTP/JSON door (service/http/, `http_port`) runs in the same event loop, on the same
+servicer and gate; while draining its /healthz says 503, and it closes after the gRPC port.
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ from service.api.status import StatusInterceptor
 from service.cache import build_cache
 from service.config import Settings, redact_url
 from service.editing import EditService
+from service.http import HttpDoor
 from service.jobs import JobManager, build_job_store
 from service.metrics import Metrics
 from service.models import load_registry
 from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
 from service.tenants import TokensFile, TokensFileError
-from service.tls import is_loopback, server_credentials
+from service.tls import SSLContextFiles, is_loopback, server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,8 @@ class RunningServer:
     gate: Gate | None = None  # the interceptor's tenant policy
     health_server: grpc.aio.Server | None = None  # --health-port: plaintext, grpc.health.v1 only
     health_port: int | None = None
+    http: HttpDoor | None = None  # --http-port: the HTTP/JSON door
+    http_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -106,6 +112,8 @@ class RunningServer:
         if finished and linger > 0:
             await asyncio.sleep(linger)
         await self.server.stop(grace=max(0.0, grace - (time.monotonic() - started)) if finished else 0)
+        if self.http is not None:
+            await self.http.stop()
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self.jobs is not None:
@@ -142,7 +150,8 @@ async def start_server(settings: Settings) -> RunningServer:
         raise
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
     jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec())
-    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service, jobs), server)
+    servicer = ImageEditorServicer(service, jobs)
+    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
@@ -178,6 +187,18 @@ async def start_server(settings: Settings) -> RunningServer:
             metrics.close()
             raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
         await running.health_server.start()
+    if settings.http_port >= 0:
+        try:
+            running.http = HttpDoor(settings, servicer, gate, health_servicer, metrics, http_ssl_context(settings))
+            running.http_port = await running.http.start()
+        except OSError:
+            await server.stop(0)
+            if running.health_server is not None:
+                await running.health_server.stop(0)
+            await jobs.aclose()
+            await service.aclose()
+            metrics.close()
+            raise
     await jobs.start()
     log.info("jobs: %s, %d worker(s)", jobs.kind, settings.job_workers)
     await health_servicer.set(LIVENESS, SERVING)
@@ -185,6 +206,14 @@ async def start_server(settings: Settings) -> RunningServer:
     await running.set_health(serving)
     running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
     return running
+
+
+def http_ssl_context(settings: Settings):
+    """The HTTP port's TLS: the gRPC port's files, followed when they change (None: plaintext)."""
+    if not settings.tls_cert_file:
+        return None
+    return SSLContextFiles(Path(settings.tls_cert_file), Path(settings.tls_key_file),
+                           Path(settings.tls_client_ca_file) if settings.tls_client_ca_file else None).initial()
 
 
 def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Gate:
@@ -255,8 +284,8 @@ async def watch_backend(running: RunningServer, serving: bool) -> None:
 async def serve(settings: Settings) -> int:
     """Runs until SIGTERM/SIGINT, then drains. Returns the process exit code."""
     running = await start_server(settings)
-    log.info("sdedit serving on %s (gRPC port %d, metrics port %s, default model %s)",
-             running.address, running.port, running.metrics_port, settings.default_model)
+    log.info("sdedit serving on %s (gRPC port %d, HTTP port %s, metrics port %s, default model %s)",
+             running.address, running.port, running.http_port, running.metrics_port, settings.default_model)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,8 +8,8 @@
        "max_in_flight": 8,                 # edits admitted at once, across replicas; 0 = no limit
        "work_per_minute": 20000,           # network calls x images per minute, across replicas; 0 = no limit
        "models": ["digits"],               # models it may use (default: all)
-       "methods": ["Edit", "StreamEdit"]}]}   # RPCs it may call (default: these, ListModels and
-                                              # ServerReflectionInfo)
+       "methods": ["Edit", "StreamEdit"]}]}   # RPCs it may call (default: these, ListModels,
+                                              # ServerReflectionInfo and the job RPCs)
 
 A token is looked up by the SHA-256 of what the caller sent, compared with every tenant's
 hashes in constant time (hmac.compare_digest, no early exit). Tokens are never logged and
@@ -33,7 +33,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-DEFAULT_METHODS = frozenset({"Edit", "StreamEdit", "ListModels", "ServerReflectionInfo"})
+JOB_METHODS = frozenset({"SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"})
+DEFAULT_METHODS = frozenset({"Edit", "StreamEdit", "ListModels", "ServerReflectionInfo"}) | JOB_METHODS
 KNOWN_METHODS = DEFAULT_METHODS
 FIELDS = {"name", "token_sha256", "token", "weight", "max_in_flight", "work_per_minute", "models", "methods"}
 RELOAD_CHECK_SECONDS = 1.0  # the file's metadata is looked at no more often than this

@@ -69,6 +69,13 @@ class InProcessServer:
         return f"127.0.0.1:{self.running.port}"
 
     @property
+    def http_url(self) -> str:
+        """The HTTP/JSON door's base URL (the server runs with http_port >= 0)."""
+        assert self.running.http_port is not None, "this server has no HTTP port (http_port=-1)"
+        scheme = "https" if self.settings.tls_cert_file else "http"
+        return f"{scheme}://127.0.0.1:{self.running.http_port}"
+
+    @property
     def service(self):
         return self.running.service
 
@@ -83,7 +90,7 @@ class InProcessServer:
 
 
 def test_settings(repository: Path, **overrides) -> Settings:
-    values = dict(host="127.0.0.1", port=0, metrics_port=-1, model_repository=repository, grace_seconds=5.0,
+    values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=-1, model_repository=repository, grace_seconds=5.0,
                   shutdown_linger_seconds=0.0)
     values.update(overrides)
     return load_settings(env={}, **values)
@@ -114,11 +121,13 @@ class ServeProcess:
     def __init__(self, repository: Path, *extra: str, env: dict | None = None, log_path: Path, tls_ca: Path | None = None):
         """tls_ca: the server serves TLS (in extra) with a certificate of this CA."""
         self.port = free_port()
+        self.http_port = free_port()
         self.tls_ca = tls_ca
         self.log_path = log_path
         self.log = log_path.open("w")
         sdedit = Path(sys.executable).parent / "sdedit"
-        args = [str(sdedit), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "-1",
+        args = [str(sdedit), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--http-port", str(self.http_port),
+                "--metrics-port", "-1",
                 "--model-repository", str(repository), *extra]
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **(env or {})})
@@ -126,6 +135,10 @@ class ServeProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.http_port}"
 
     def wait_serving(self, timeout: float = 60) -> None:
         def serving() -> bool:

@@ -68,7 +68,8 @@ def test_edit_reports_errors_clearly(serve, tmp_path, guide16):
 def test_serve_refuses_bad_settings_and_models(tmp_path):
     bad = subprocess.run([SDEDIT, "serve", "--port", "x"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--port: expected int" in bad.stderr
-    missing = subprocess.run([SDEDIT, "serve", "--model-repository", str(tmp_path), "--port", "0", "--metrics-port", "-1"],
+    missing = subprocess.run([SDEDIT, "serve", "--model-repository", str(tmp_path), "--port", "0", "--http-port", "-1",
+                              "--metrics-port", "-1"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "default model 'digits' is not in the repository" in missing.stderr
 

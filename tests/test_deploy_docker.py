@@ -117,7 +117,8 @@ def test_the_service_runs_without_any_development_package(oracle_repository, tmp
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-c", BLOCKING_LAUNCHER, ",".join(sorted(blocked)), "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--metrics-port", "-1", "--model-repository", str(oracle_repository),
+             "--port", str(port), "--http-port", str(free_port()), "--metrics-port", "-1",
+             "--model-repository", str(oracle_repository),
              "--default-model", "gauss"], stdout=out, stderr=subprocess.STDOUT)
     try:
         address = f"127.0.0.1:{port}"

@@ -169,6 +169,26 @@ def test_a_tenant_beyond_its_rights_is_permission_denied(make_server, tmp_path, 
         assert code_of(lambda: list(b.stream_edit(edit_request(guide16), timeout=10))) == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_tenant_uses_jobs_by_default_and_not_beyond_its_methods(make_server, tmp_path, guide16):
+    import json
+
+    from sdedit.v1 import sdedit_pb2 as pb
+    from service.tenants import parse_tokens
+
+    srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")))
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:  # default methods: the job methods too
+        job = a.stub.SubmitEdit(edit_request(guide16), timeout=10)
+        events = list(a.stub.WatchJob(pb.WatchJobRequest(id=job.id), timeout=30))
+        assert events[-1].WhichOneof("event") == "result"
+        assert a.stub.GetJob(pb.GetJobRequest(id=job.id), timeout=10).state == pb.JOB_STATE_SUCCEEDED
+        assert [j.id for j in a.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs] == [job.id]
+    with Client(Connection(srv.address, token=TOKEN_B)) as b:  # methods ["Edit"]
+        assert code_of(lambda: b.stub.SubmitEdit(edit_request(guide16, model="gauss"), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+        assert code_of(lambda: b.stub.GetJob(pb.GetJobRequest(id=job.id), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
+    [(_, only_jobs)] = parse_tokens(json.dumps({"tenants": [{"name": "q", "token": TOKEN_A, "methods": ["SubmitEdit", "WatchJob"]}]}))
+    assert only_jobs.may_call("WatchJob") and not only_jobs.may_call("Edit")
+
+
 def reflection_services(connection: Connection) -> list[str]:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
