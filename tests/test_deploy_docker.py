@@ -76,7 +76,8 @@ def test_the_image_carries_the_models_and_points_the_service_at_them(stages):
     copies = [c.split() for c in final.all("COPY") if not c.startswith("--from")]
     assert ["model_repository", env["SDEDIT_MODEL_REPOSITORY"]] in copies
     settings = Settings()
-    assert {int(p) for args in final.all("EXPOSE") for p in args.split()} == {settings.port, settings.metrics_port}
+    assert {int(p) for args in final.all("EXPOSE") for p in args.split()} == {settings.port, settings.http_port,
+                                                                                settings.metrics_port}
 
 
 def test_the_build_context_lets_in_what_the_dockerfile_copies(stages):
@@ -170,7 +171,7 @@ def test_compose_settings_ports_and_drain_fit_the_service(compose):
     settings = settings_from_env(env)
     assert settings.backend == "triton" and settings.triton_url.split(":")[0] in compose["services"]
     assert settings.redis_url.startswith("redis://redis:") and "@" not in settings.redis_url  # the password is separate
-    assert {int(p.split(":")[1]) for p in sdedit["ports"]} == {settings.port, settings.metrics_port}
+    assert {int(p.split(":")[1]) for p in sdedit["ports"]} == {settings.port, settings.http_port, settings.metrics_port}
     stop = int(sdedit["stop_grace_period"].rstrip("s"))
     assert stop >= settings.grace_seconds + SHUTDOWN_MARGIN_SECONDS
     if settings.triton_shared_memory:  # both see one /dev/shm, and Triton accepts client regions

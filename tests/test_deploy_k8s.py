@@ -173,7 +173,8 @@ def test_every_setting_flag_and_port_named_for_the_service_exists(rendered):
     assert set(flags) <= SETTING_FLAGS, set(flags) - SETTING_FLAGS
     settings = settings_from_env(env)  # what `sdedit serve` would run with; raises on a bad value
     ports = {p["name"]: p["containerPort"] for p in rendered.frontend["ports"]}
-    assert ports == {"grpc": settings.port, "metrics": settings.metrics_port, "health": settings.health_port}
+    assert ports == {"grpc": settings.port, "http": settings.http_port, "metrics": settings.metrics_port,
+                     "health": settings.health_port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # the plaintext health port: see below
         assert rendered.frontend[probe]["grpc"]["port"] == settings.health_port
     for service in ("sdedit", "sdedit-headless"):
@@ -431,8 +432,8 @@ def test_only_labelled_clients_reach_the_grpc_port_and_prometheus_the_metrics_po
     spec = policy["spec"]
     assert spec["policyTypes"] == ["Ingress"] and selects(spec["podSelector"], pod_labels(rendered, "sdedit"))
     rules = {frozenset(p["port"] for p in rule["ports"]): rule["from"] for rule in spec["ingress"]}
-    assert set(rules) == {frozenset({settings.port}), frozenset({settings.metrics_port})}
-    (clients,) = rules[frozenset({settings.port})]
+    assert set(rules) == {frozenset({settings.port, settings.http_port}), frozenset({settings.metrics_port})}
+    (clients,) = rules[frozenset({settings.port, settings.http_port})]
     assert clients["podSelector"]["matchLabels"] == {"sdedit.example/client": "true"}
     (prometheus,) = rules[frozenset({settings.metrics_port})]
     assert set(prometheus) == {"namespaceSelector"} and prometheus["namespaceSelector"]["matchLabels"]

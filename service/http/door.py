@@ -158,7 +158,7 @@ class HttpDoor:
         except OSError as exc:
             await self.runner.cleanup()
             raise OSError(f"cannot bind the HTTP port {self.settings.host}:{self.settings.http_port}: {exc}") from exc
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = self.runner.addresses[0][1]
         return self.port
 
     async def stop(self) -> None:

@@ -138,8 +138,15 @@ def _operation(route: Route) -> dict:
         schema = ref(route.response) if route.response else {"type": "object"}
         ok = {"description": "OK", "content": {"application/json": {"schema": schema}}}
     elif route.media == "text/event-stream":
-        ok = {"description": f"Server-Sent Events; each data line is a {route.response} JSON (event error: an Error)",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+        event = {"type": "object", "required": ["data"], "description": "one Server-Sent Event", "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]{1,20}$", "description": "the event's sequence"},
+            "event": {"type": "string", "enum": ["progress", "preview", "result", "error"]},
+            "data": {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"oneOf": [ref(route.response), ref("Error")]}},
+            "retry": {"type": "integer"}}}
+        ok = {"description": f"Server-Sent Events, one per event: id (its sequence), event, data ({route.response} "
+                             "JSON; event error: an Error); ends after result or error",
+              "content": {"text/event-stream": {"schema": event}}}
     else:
         ok = {"description": "OK", "content": {route.media: {"schema": {"type": "string"}}}}
     responses = {"200": ok, "default": ERROR_RESPONSE}
