@@ -35,6 +35,7 @@ from service.cache import build_cache
 from service.config import Settings, redact_url
 from service.editing import EditService
 from service.jobs import JobManager, build_job_store
+from service.jobs.webhooks import Webhooks, secret_source
 from service.metrics import Metrics
 from service.models import load_registry
 from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
@@ -141,7 +142,8 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.aclose()
         raise
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
-    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec())
+    webhooks = Webhooks(settings, secret_source(settings, gate.tokens), metrics)
+    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks)
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(ImageEditorServicer(service, jobs), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
