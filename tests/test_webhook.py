@@ -356,9 +356,16 @@ def test_no_secret_means_no_webhook_and_the_answer_says_how_to_configure_one(mak
         assert client.stub.SubmitEdit(job_request(guide16, "")).webhook.url == ""  # no webhook: no secret needed
 
 
-def test_a_secret_file_with_a_tokens_file_conflicts():
+def test_webhook_settings_that_cannot_work_fail_at_start_up(make_server, tmp_path):
     with pytest.raises(SettingsError, match="webhook_secret_file"):
         load_settings(env={}, auth_tokens_file="tokens.json", webhook_secret_file="secret")
+    (tmp_path / "short.secret").write_text("too short\n")
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    for settings, message in ((dict(webhook_secret_file=str(tmp_path / "missing")), "cannot read"),
+                              (dict(webhook_secret_file=str(tmp_path / "short.secret")), "fewer than 16 bytes"),
+                              (dict(webhook_ca_file=str(tmp_path / "bad.pem")), "webhook_ca_file")):
+        with pytest.raises(SettingsError, match=message):
+            make_server(**settings)
 
 
 # --- tenants and Redis --------------------------------------------------------------------------

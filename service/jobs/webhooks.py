@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from service.config import Settings
+from service.config import Settings, SettingsError
 from service.errors import InvalidArgument
 from service.jobs.records import JobCodec, JobRecord
 from service.jobs.store import JobStore, JobStoreUnavailable
@@ -278,8 +278,16 @@ class Post:
 class Webhooks:
     def __init__(self, settings: Settings, secret_of: SecretSource, observer: WebhookObserver | None = None):
         self.settings, self.secret_of, self.observer = settings, secret_of, observer
-        # the CA bundle is read now: a wrong file fails at start-up
-        self.context = ssl.create_default_context(cafile=settings.webhook_ca_file or None)
+        try:  # the CA bundle and the anonymous tenant's secret are read now: a wrong file fails at start-up
+            self.context = ssl.create_default_context(cafile=settings.webhook_ca_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"webhook_ca_file {settings.webhook_ca_file}: not a readable PEM CA bundle "
+                                f"({getattr(exc, 'strerror', None) or exc})") from None
+        if settings.webhook_secret_file:
+            try:
+                read_secret(settings.webhook_secret_file)
+            except SecretError as exc:
+                raise SettingsError(f"webhook_secret_file: {exc}") from None
         self._pool = ThreadPoolExecutor(settings.webhook_max_concurrent, thread_name_prefix="webhook")
         self._deliveries: set[asyncio.Task] = set()
 
