@@ -123,6 +123,18 @@ class Settings:
     job_poll_seconds: float = setting(0.5, "how often idle workers look for jobs, and watchers and running jobs for "
                                       "changes made elsewhere (a cancel)")
     job_max_events: int = setting(256, "events kept per job for WatchJob (older progress is dropped; the end never)")
+    # completion webhooks (docs/webhooks.md)
+    webhook_secret_file: str = setting("", "a file holding the secret that signs webhooks of jobs submitted without "
+                                       "--auth-tokens-file (tenants name theirs in the tokens file); empty: no webhooks")
+    webhook_allow_http: bool = setting(False, "accept http:// webhook URLs (tests and development; https:// only otherwise)")
+    webhook_allow_private: bool = setting(False, "let webhooks reach loopback, private, link-local and other non-public "
+                                          "addresses (tests, receivers inside the cluster); never multicast or 0.0.0.0")
+    webhook_ca_file: str = setting("", "verify webhook receivers' TLS certificates with this CA bundle (PEM) instead of "
+                                   "the system's trust store")
+    webhook_max_attempts: int = setting(6, "POSTs per webhook delivery before it is given up")
+    webhook_retry_seconds: float = setting(1.0, "delay before the first retry, doubled for each next one (with jitter)")
+    webhook_timeout_seconds: float = setting(10.0, "one POST's limit: connect, TLS, send and the answer's status")
+    webhook_max_concurrent: int = setting(8, "webhook POSTs in flight at once on this replica (more wait their turn)")
     log_level: str = setting("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
@@ -144,18 +156,19 @@ class Settings:
         for name in ("max_active_edits", "max_batch_images", "max_num_samples", "max_pixels", "max_repeats", "max_message_mib",
                      "max_request_mib", "memory_budget_mib", "max_decodes",
                      "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections",
-                     "job_workers", "job_max_attempts", "job_max_events"):
+                     "job_workers", "job_max_attempts", "job_max_events", "webhook_max_attempts",
+                     "webhook_max_concurrent"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:
             problems.append(f"max_queue must be >= 0, got {self.max_queue}")
         if self.pipeline_depth not in (0, 1, 2):
             problems.append(f"pipeline_depth must be 0 (by backend), 1 or 2, got {self.pipeline_depth}")
-        for name in ("grace_seconds", "max_connection_age_seconds", "shutdown_linger_seconds"):
+        for name in ("grace_seconds", "max_connection_age_seconds", "shutdown_linger_seconds", "webhook_retry_seconds"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds",
-                     "job_ttl_seconds", "job_lease_seconds", "job_poll_seconds"):
+                     "job_ttl_seconds", "job_lease_seconds", "job_poll_seconds", "webhook_timeout_seconds"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         if self.cache == "redis" and urllib.parse.urlsplit(self.redis_url).scheme not in ("redis", "rediss", "unix"):
@@ -183,6 +196,9 @@ class Settings:
             problems.append("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
         if not self.quota_lease_seconds > 0:
             problems.append(f"quota_lease_seconds must be > 0, got {self.quota_lease_seconds}")
+        if self.webhook_secret_file and self.auth_tokens_file:
+            problems.append("webhook_secret_file signs the jobs of the one tenant there is without auth_tokens_file: "
+                            "with a tokens file, give each tenant its webhook_secret_file there")
         if self.triton_shared_memory and self.backend != "triton":
             problems.append("triton_shared_memory needs backend triton")
         for f in dataclasses.fields(self):

@@ -156,6 +156,13 @@ class Metrics:
                                                 "answer, by what was done: allowed (quota_fail_open) or refused",
                                                 ("decision",), registry=r)
 
+        # completion webhooks of jobs (service/jobs/webhooks.py)
+        self.webhook_deliveries_total = Counter("sdedit_webhook_deliveries", "job webhook deliveries by how they ended: "
+                                                "delivered, rejected, exhausted, refused, unsigned, expired, abandoned",
+                                                ("outcome",), registry=r)
+        self.webhook_attempts_total = Counter("sdedit_webhook_attempts", "job webhook POSTs by result: 2xx, 3xx, 4xx, "
+                                              "5xx, or error (no answer: network, TLS, timeout)", ("result",), registry=r)
+
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
         self.build_info.info({"version": _version("sdedit-service"), "python": platform.python_version(),
@@ -200,6 +207,12 @@ class Metrics:
 
     def tenant_rejected(self, tenant: str, reason: str) -> None:
         self.tenant_rejections_total.labels(tenant, reason).inc()
+
+    def webhook_attempt(self, result: str) -> None:
+        self.webhook_attempts_total.labels(result).inc()
+
+    def webhook_delivery(self, outcome: str) -> None:
+        self.webhook_deliveries_total.labels(outcome).inc()
 
     def rpc_started(self, method: str, rpc_type: str) -> None:
         service, name = split_method(method)

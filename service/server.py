@@ -35,10 +35,11 @@ from service.api.jobs import ProtoJobCodec
 from service.api.servicer import ImageEditorServicer
 from service.api.status import StatusInterceptor
 from service.cache import build_cache
-from service.config import Settings, redact_url
+from service.config import Settings, SettingsError, redact_url
 from service.editing import EditService
 from service.http import HttpDoor
 from service.jobs import JobManager, build_job_store
+from service.jobs.webhooks import Webhooks, secret_source
 from service.metrics import Metrics
 from service.models import load_registry
 from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
@@ -145,11 +146,12 @@ async def start_server(settings: Settings) -> RunningServer:
     warn_if_open(settings)
     try:
         gate = build_gate(settings, service, metrics)
-    except TokensFileError:
+        webhooks = Webhooks(settings, secret_source(settings, gate.tokens), metrics)
+    except (TokensFileError, SettingsError):
         await service.aclose()
         raise
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
-    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec())
+    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks)
     servicer = ImageEditorServicer(service, jobs)
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -8,8 +8,11 @@
        "max_in_flight": 8,                 # edits admitted at once, across replicas; 0 = no limit
        "work_per_minute": 20000,           # network calls x images per minute, across replicas; 0 = no limit
        "models": ["digits"],               # models it may use (default: all)
-       "methods": ["Edit", "StreamEdit"]}]}   # RPCs it may call (default: these, ListModels,
-                                              # ServerReflectionInfo and the job RPCs)
+       "methods": ["Edit", "StreamEdit"],  # RPCs it may call (default: these, ListModels,
+                                           # ServerReflectionInfo and the job RPCs)
+       "webhook_secret_file": "a.secret"}]}  # signs its jobs' webhooks (docs/webhooks.md): a file
+                                            # (relative: to this file's folder) read when used;
+                                            # or "webhook_secret": "..." (the file then holds it)
 
 A token is looked up by the SHA-256 of what the caller sent, compared with every tenant's
 hashes in constant time (hmac.compare_digest, no early exit). Tokens are never logged and
@@ -19,6 +22,7 @@ never leave this module; the rest of the service sees a Tenant, plain data.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -33,10 +37,12 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-JOB_METHODS = frozenset({"SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"})
+JOB_METHODS = frozenset({"SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"})  # a tenant sees its own jobs only
 DEFAULT_METHODS = frozenset({"Edit", "StreamEdit", "ListModels", "ServerReflectionInfo"}) | JOB_METHODS
 KNOWN_METHODS = DEFAULT_METHODS
-FIELDS = {"name", "token_sha256", "token", "weight", "max_in_flight", "work_per_minute", "models", "methods"}
+FIELDS = {"name", "token_sha256", "token", "weight", "max_in_flight", "work_per_minute", "models", "methods",
+          "webhook_secret_file", "webhook_secret"}
+MIN_SECRET_BYTES = 16
 RELOAD_CHECK_SECONDS = 1.0  # the file's metadata is looked at no more often than this
 
 
@@ -48,6 +54,8 @@ class Tenant:
     work_per_minute: int = 0  # network calls x images; 0: no limit
     models: frozenset[str] | None = None  # None: every model
     methods: frozenset[str] = DEFAULT_METHODS
+    webhook_secret_file: str = ""  # an absolute path; "" = none (or the inline secret)
+    webhook_secret: str = dataclasses.field(default="", repr=False)  # inline in the tokens file (discouraged)
 
     def may_call(self, method: str) -> bool:
         return method in self.methods
@@ -84,8 +92,32 @@ class TokensFileError(ValueError):
     """The tokens file is malformed (start-up fails; a reload keeps the previous file)."""
 
 
-def parse_tokens(text: str) -> list[tuple[str, Tenant]]:
-    """(token hash, tenant) for every accepted token; raises TokensFileError."""
+class SecretError(ValueError):
+    """A webhook secret file that cannot be read or is too short (the message names the file only)."""
+
+
+def read_secret(path: Path | str) -> bytes:
+    """A secret from a file: its bytes without surrounding whitespace, at least MIN_SECRET_BYTES."""
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise SecretError(f"cannot read the webhook secret file {path}: {exc.strerror or exc}") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise SecretError(f"the webhook secret file {path} holds fewer than {MIN_SECRET_BYTES} bytes")
+    return secret
+
+
+def webhook_secret_of(tenant: Tenant) -> bytes | None:
+    """The tenant's webhook signing secret (its file is read now: a rotated file counts at
+    once); None when it has none; raises SecretError when its file cannot be used."""
+    if tenant.webhook_secret:
+        return tenant.webhook_secret.encode()
+    return read_secret(tenant.webhook_secret_file) if tenant.webhook_secret_file else None
+
+
+def parse_tokens(text: str, base: Path | None = None) -> list[tuple[str, Tenant]]:
+    """(token hash, tenant) for every accepted token; raises TokensFileError. `base`: the folder
+    relative webhook_secret_file paths are in (the tokens file's)."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -133,8 +165,18 @@ def parse_tokens(text: str) -> list[tuple[str, Tenant]]:
         methods = item.get("methods", sorted(DEFAULT_METHODS))
         if not isinstance(methods, list) or not set(methods) <= KNOWN_METHODS:
             raise TokensFileError(f"{where}.methods: a list of {', '.join(sorted(KNOWN_METHODS))}")
+        secret_file, secret = item.get("webhook_secret_file", ""), item.get("webhook_secret", "")
+        if not isinstance(secret_file, str):
+            raise TokensFileError(f"{where}.webhook_secret_file: a path (relative: to the tokens file's folder)")
+        if not isinstance(secret, str) or (secret and len(secret.encode()) < MIN_SECRET_BYTES):
+            raise TokensFileError(f"{where}.webhook_secret: a string of at least {MIN_SECRET_BYTES} bytes")
+        if secret and secret_file:
+            raise TokensFileError(f"{where}: webhook_secret and webhook_secret_file both given: keep one")
+        if secret_file:
+            secret_file = str((base or Path.cwd()) / Path(secret_file).expanduser())
         tenant = Tenant(name, float(weight), limits["max_in_flight"], limits["work_per_minute"],
-                        None if models is None else frozenset(models), frozenset(methods))
+                        None if models is None else frozenset(models), frozenset(methods),
+                        webhook_secret_file=secret_file, webhook_secret=secret)
         entries.extend((h, tenant) for h in hashes)
     seen: set[str] = set()
     for h, tenant in entries:
@@ -156,7 +198,7 @@ class TokensFile:
         self._checked = time.monotonic()
         try:
             self._signature = self._stat()
-            self._entries = parse_tokens(self.path.read_text())
+            self._entries = parse_tokens(self.path.read_text(), self.path.resolve().parent)
         except OSError as exc:
             raise TokensFileError(f"cannot read {self.path}: {exc.strerror or exc}") from None
         except TokensFileError as exc:
@@ -182,13 +224,18 @@ class TokensFile:
                 signature = self._stat()
                 if signature == self._signature:
                     return
-                entries = parse_tokens(self.path.read_text())
+                entries = parse_tokens(self.path.read_text(), self.path.resolve().parent)
             except (OSError, TokensFileError) as exc:
                 log.error("tokens file %s changed but cannot be used (%s); the previous tenants stay", self.path, exc)
                 return
             self._entries, self._signature = entries, signature
             self.reloads += 1
             log.info("tokens file %s reloaded: %d tenant(s)", self.path, len(self.tenants))
+
+    def tenant(self, name: str) -> Tenant | None:
+        """The tenant of this name now (the file re-read if it changed), or None."""
+        self._maybe_reload()
+        return next((tenant for _, tenant in self._entries if tenant.name == name), None)
 
     def authenticate(self, token: str) -> Tenant | None:
         """The tenant of this token, or None. Every known hash is compared, in constant time."""

@@ -1,9 +1,12 @@
 """Jobs through the gRPC API: the codec the jobs layer stores with (protobuf bytes, so a
-job's result is byte for byte the EditResponse its edit made), and Job records to messages."""
+job's result is byte for byte the EditResponse its edit made), Job records to messages, and
+the body of a completion webhook (the Job as proto3 JSON, less the images' bytes)."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+import json
+
+from google.protobuf import json_format, timestamp_pb2
 from google.rpc import status_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
@@ -30,6 +33,9 @@ class ProtoJobCodec:
     def encode_error(self, exc: BaseException) -> bytes:
         return status_for(exc, JOB_METHOD).SerializeToString()
 
+    def encode_webhook(self, record: JobRecord) -> bytes:
+        return webhook_body(record)
+
 
 def _timestamp(unix: float) -> timestamp_pb2.Timestamp | None:
     if not unix:
@@ -52,4 +58,19 @@ def job_to_proto(record: JobRecord) -> pb.Job:
         job.result.ParseFromString(record.result)
     if record.error:
         job.error.CopyFrom(status_pb2.Status.FromString(record.error))
+    if record.webhook_url:
+        job.webhook.CopyFrom(pb.WebhookDelivery(url=record.webhook_url, state=record.webhook_state,
+                                                attempts=record.webhook_attempts,
+                                                last_http_status=record.webhook_http_status,
+                                                last_error=record.webhook_error))
     return job
+
+
+def webhook_body(record: JobRecord) -> bytes:
+    """The Job as proto3 JSON (lowerCamelCase names, enums by name, RFC 3339 times), its
+    result's images without their data (GetJob has them) and without its own delivery state."""
+    job = job_to_proto(record)
+    job.ClearField("webhook")
+    for image in job.result.images:
+        image.ClearField("data")
+    return json.dumps(json_format.MessageToDict(job), separators=(",", ":"), sort_keys=True).encode()

@@ -65,7 +65,8 @@ class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
 
     async def SubmitEdit(self, request: pb.EditRequest, context: grpc.aio.ServicerContext) -> pb.Job:
         record = await self.jobs.submit(edit_request_from_proto(request), request.SerializeToString(),
-                                        priority=request.job.priority, owner=self.owner(context))
+                                        priority=request.job.priority, owner=self.owner(context),
+                                        webhook_url=request.job.webhook_url)
         return job_to_proto(record)
 
     async def GetJob(self, request: pb.GetJobRequest, context: grpc.aio.ServicerContext) -> pb.Job:

@@ -6,7 +6,9 @@ first, then the next queued job, highest lane first), runs the job through the E
 records each progress event, renews its lease every third of `job_lease_seconds`, and
 stops the edit within one step when the job is cancelled or the lease was taken over.
 A job a replica started `job_max_attempts` times without ending (each replica died on it)
-fails rather than taking down the next one.
+fails rather than taking down the next one. The replica that ends a job (its worker, or the
+one answering CancelJob) delivers its completion webhook, if it has one, in the background
+(service/jobs/webhooks.py).
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.editing import EditService
-from service.errors import Cancelled, NotFound, ResourceExhausted, Unavailable
+from service.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEvent, JobProgress, JobRecord, new_job_id
 from service.jobs.store import Claim, JobStore, JobStoreUnavailable
+from service.jobs.webhooks import Webhooks
 from service.requests import EditOutcome, EditRequestData
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,10 @@ class JobEnd:
 
 
 class JobManager:
-    def __init__(self, settings: Settings, store: JobStore, service: EditService, codec: JobCodec):
+    def __init__(self, settings: Settings, store: JobStore, service: EditService, codec: JobCodec,
+                 webhooks: Webhooks | None = None):
         self.settings, self.store, self.service, self.codec = settings, store, service, codec
+        self.webhooks = webhooks  # None: webhook URLs are refused
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{new_job_id()[:8]}"
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task] = []
@@ -63,9 +68,15 @@ class JobManager:
 
     # --- the API ------------------------------------------------------------------------------
 
-    async def submit(self, req: EditRequestData, request: bytes, priority: int = 0, owner: str = "") -> JobRecord:
+    async def submit(self, req: EditRequestData, request: bytes, priority: int = 0, owner: str = "",
+                     webhook_url: str = "") -> JobRecord:
         self.service.validate(req)  # the cheap checks now: a bad request is refused, not queued
-        record = JobRecord(id=new_job_id(), owner=owner, priority=priority, created=time.time())
+        if webhook_url:
+            if self.webhooks is None:
+                raise InvalidArgument("job.webhook_url", "this service delivers no webhooks")
+            self.webhooks.check(webhook_url, owner)
+        record = JobRecord(id=new_job_id(), owner=owner, priority=priority, created=time.time(),
+                           webhook_url=webhook_url, webhook_state="waiting" if webhook_url else "")
         await self._store(self.store.submit(record, request, self.settings.job_ttl_seconds))
         self._wake.set()
         log.info("job %s queued (priority %d)", record.id[:8], priority)
@@ -81,7 +92,9 @@ class JobManager:
         record = await self.get(job_id, owner, with_result=False)
         if not record.done:
             error = self.codec.encode_error(Cancelled("cancelled: the job was cancelled (CancelJob)"))
-            await self._store(self.store.finish(job_id, CANCELLED, time.time(), self.settings.job_ttl_seconds, None, error, None))
+            if await self._store(self.store.finish(job_id, CANCELLED, time.time(), self.settings.job_ttl_seconds,
+                                                   None, error, None)):
+                self._ended(record)
             task = self._running.get(job_id)
             if task is not None:  # running here: stop it now (elsewhere: within job_poll_seconds)
                 task.cancel()
@@ -111,6 +124,11 @@ class JobManager:
                     return
                 cursor = event.sequence
                 yield event
+
+    def _ended(self, record: JobRecord) -> None:
+        """This replica ended the job: its webhook goes out now, in the background."""
+        if record.webhook_url and self.webhooks is not None:
+            self.webhooks.deliver(self.store, self.codec, record)
 
     @staticmethod
     async def _store(pending):
@@ -156,7 +174,8 @@ class JobManager:
         if record.attempts >= settings.job_max_attempts:
             error = self.codec.encode_error(Unavailable(
                 f"the job was started {record.attempts} times and its replica stopped each time (job_max_attempts)"))
-            await self.store.finish(claim.job_id, FAILED, time.time(), settings.job_ttl_seconds, None, error, claim)
+            if await self.store.finish(claim.job_id, FAILED, time.time(), settings.job_ttl_seconds, None, error, claim):
+                self._ended(record)
             log.warning("job %s failed: started %d times without ending", claim.job_id[:8], record.attempts)
             return
         request = await self.store.request(claim.job_id)
@@ -190,6 +209,8 @@ class JobManager:
                 state, error = FAILED, self.codec.encode_error(exc)
             ended = await self.store.finish(claim.job_id, state, time.time(), settings.job_ttl_seconds, result, error, claim)
             log.info("job %s %s%s", claim.job_id[:8], state, "" if ended else " (it had ended already; result dropped)")
+            if ended:
+                self._ended(started)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # the replica is stopping: another one runs it again
                 await asyncio.shield(self.store.requeue(claim.job_id))
@@ -246,4 +267,6 @@ class JobManager:
         for task in self._workers:
             with contextlib.suppress(BaseException):
                 await task
+        if self.webhooks is not None:  # before the store closes: each records itself abandoned
+            await self.webhooks.aclose()
         await self.store.close()

@@ -19,6 +19,10 @@ from service.requests import EditOutcome, EditRequestData, ProgressUpdate
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+# A completion webhook's delivery: waiting for the job's end, then pending (POSTs and retries)
+# until delivered, failed (given up), refused (a forbidden address) or abandoned (the replica
+# delivering it stopped first).
+WEBHOOK_STATES = ("waiting", "pending", "delivered", "failed", "refused", "abandoned")
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 LANES = ("high", "normal", "low")  # taken in this order; each first in, first out
 ID_BYTES = 24  # 192 random bits: unguessable
@@ -63,6 +67,11 @@ class JobRecord:
     progress: JobProgress | None = None
     error: bytes = b""  # the error status, as the transport encoded it
     sequence: int = 0  # events so far; the terminal event is the last
+    webhook_url: str = ""  # the completion webhook (service/jobs/webhooks.py); "" = none
+    webhook_state: str = ""  # one of WEBHOOK_STATES once there is a webhook
+    webhook_attempts: int = 0  # POSTs made
+    webhook_http_status: int = 0  # of the last answer; 0 = none
+    webhook_error: str = ""  # what went wrong last
     result: bytes | None = field(default=None, compare=False)  # filled by get(with_result=True)
 
     @property
@@ -87,6 +96,10 @@ class JobRecord:
             ended=float(values.get("ended", 0)), expires=float(values.get("expires", 0)),
             progress=JobProgress(**json.loads(progress)) if progress else None,
             error=values.get("error", b""), sequence=int(values.get("sequence", 0)),
+            webhook_url=values.get("webhook_url", b"").decode(), webhook_state=values.get("webhook_state", b"").decode(),
+            webhook_attempts=int(values.get("webhook_attempts", 0)),
+            webhook_http_status=int(values.get("webhook_http_status", 0)),
+            webhook_error=values.get("webhook_error", b"").decode(),
         )
 
 
@@ -109,3 +122,6 @@ class JobCodec(Protocol):
     def encode_result(self, outcome: EditOutcome) -> bytes: ...
 
     def encode_error(self, exc: BaseException) -> bytes: ...
+
+    def encode_webhook(self, record: JobRecord) -> bytes:
+        """The body of the job's completion webhook (the record with its result, less the images' bytes)."""

@@ -93,6 +93,14 @@ return 1
 """
 
 
+WEBHOOK = """
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+redis.call('hset', KEYS[1], 'webhook_state', ARGV[1], 'webhook_attempts', ARGV[2], 'webhook_http_status', ARGV[3],
+           'webhook_error', ARGV[4])
+return 1
+"""
+
+
 def _millis(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -114,6 +122,7 @@ class RedisJobStore:
         self._requeue = self._redis.register_script(REQUEUE)
         self._finish = self._redis.register_script(FINISH)
         self._renew = self._redis.register_script(RENEW)
+        self._webhook = self._redis.register_script(WEBHOOK)
 
     # keys
     def _job(self, job_id: str, part: str = "") -> str:
@@ -214,6 +223,9 @@ class RedisJobStore:
         pipe.xack(self._queue(claim.lane), GROUP, claim.entry)
         pipe.xdel(self._queue(claim.lane), claim.entry)
         await self._call(pipe.execute())
+
+    async def webhook(self, job_id: str, state: str, attempts: int, http_status: int, error: str) -> None:
+        await self._call(self._webhook(keys=[self._job(job_id)], args=[state, attempts, http_status, error]))
 
     async def events(self, job_id: str, after: int, wait_seconds: float) -> list[JobEvent]:
         found = await self._read(job_id, after)

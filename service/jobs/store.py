@@ -64,6 +64,9 @@ class JobStore(Protocol):
 
     async def ack(self, claim: Claim) -> None: ...
 
+    async def webhook(self, job_id: str, state: str, attempts: int, http_status: int, error: str) -> None:
+        """Records the state of the job's webhook delivery (nothing when the record is gone)."""
+
     async def events(self, job_id: str, after: int, wait_seconds: float) -> list[JobEvent]:
         """Events after `after`, waiting up to wait_seconds for one when there are none."""
 
@@ -175,6 +178,12 @@ class MemoryJobStore:
 
     async def ack(self, claim: Claim) -> None:
         pass
+
+    async def webhook(self, job_id: str, state: str, attempts: int, http_status: int, error: str) -> None:
+        record = self._records.get(job_id)
+        if record is not None:
+            record.webhook_state, record.webhook_attempts = state, attempts
+            record.webhook_http_status, record.webhook_error = http_status, error
 
     async def events(self, job_id: str, after: int, wait_seconds: float) -> list[JobEvent]:
         changed = self._changed.get(job_id)
