@@ -151,7 +151,8 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.aclose()
         raise
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
-    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks)
+    jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks,
+                      tenant_of=gate.tokens.tenant if gate.tokens is not None else None)
     servicer = ImageEditorServicer(service, jobs)
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -69,7 +69,8 @@ def test_batching_benchmark_runs(tmp_path):
         assert row["images_per_call"] == 1.0 if row["path"] == "per_edit" else 1.0 <= row["images_per_call"] <= 4.0
     assert set(a["network_before"]) == {"1", "4"} and a["network_best_images_per_second"] > 0
     assert "c1_latency_p50_over_per_edit" in a["acceptance"]
-    assert [r["concurrency"] for r in b["rows"]] == [1, 8] and b["a_ms"] == 6.0 and b["b_ms"] == 1.2
+    assert [(r["pipeline_depth"], r["concurrency"]) for r in b["rows"]] == [(1, 1), (2, 1), (1, 8), (2, 8)]
+    assert b["a_ms"] == 6.0 and b["b_ms"] == 1.2
     for row in b["rows"]:
         assert row["edits"] > 0 and 0 < row["edits_per_second_over_ideal"] <= 1.05
         assert row["tick_cpu_ms"] > 0 and row["process_cpu_ms_per_sample_step"] > 0

@@ -142,8 +142,12 @@ RUNNING_LINE = re.compile(r"job (\S{8}) running")
 def test_a_killed_replica_s_jobs_are_reclaimed_and_every_job_survives_a_restart(serve, redis_server, make_server):
     flags = ("--cache", "redis", "--redis-url", redis_server.url, "--job-lease-seconds", "2", *JOB_FLAGS)
     doomed, survivor = serve(*flags), serve(*flags)
-    requests = [long_request(seed=100 + i, size=64, steps=500, repeats=1) for i in range(10)]
-    requests.append(long_request(seed=None, size=16, steps=50, repeats=1))  # unseeded jobs run too
+    # 20 jobs (the acceptance): 3 long ones first, so that the doomed replica is mid-job
+    # when it is killed, then 16 short seeded ones and an unseeded one (unseeded jobs run too)
+    requests = [long_request(seed=100 + i, size=64, steps=400, repeats=1) for i in range(3)]
+    requests += [long_request(seed=200 + i, size=32, steps=60, repeats=1) for i in range(16)]
+    requests.append(long_request(seed=None, size=16, steps=50, repeats=1))
+    assert len(requests) == 20
     with Client(doomed.address) as client:
         assert client.stub.ListModels(pb.ListModelsRequest()).jobs == "redis"
         ids = [client.stub.SubmitEdit(r).id for r in requests]

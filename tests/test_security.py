@@ -182,6 +182,8 @@ def test_a_tenant_uses_jobs_by_default_and_not_beyond_its_methods(make_server, t
         assert events[-1].WhichOneof("event") == "result"
         assert a.stub.GetJob(pb.GetJobRequest(id=job.id), timeout=10).state == pb.JOB_STATE_SUCCEEDED
         assert [j.id for j in a.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs] == [job.id]
+    # the job ran as its owner (its weight in the fair share, its work in the tenant's count)
+    assert srv.running.metrics.registry.get_sample_value("sdedit_tenant_work_total", {"tenant": "a"}) == 2
     with Client(Connection(srv.address, token=TOKEN_B)) as b:  # methods ["Edit"]
         assert code_of(lambda: b.stub.SubmitEdit(edit_request(guide16, model="gauss"), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED
         assert code_of(lambda: b.stub.GetJob(pb.GetJobRequest(id=job.id), timeout=10)) == grpc.StatusCode.PERMISSION_DENIED

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from service.config import Settings
@@ -29,6 +29,7 @@ from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEven
 from service.jobs.store import Claim, JobStore, JobStoreUnavailable
 from service.jobs.webhooks import Webhooks
 from service.requests import EditOutcome, EditRequestData
+from service.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_SECONDS = 1.0  # a job refused by admission (every slot and queue place taken) waits this long
@@ -46,8 +47,11 @@ class JobEnd:
 
 class JobManager:
     def __init__(self, settings: Settings, store: JobStore, service: EditService, codec: JobCodec,
-                 webhooks: Webhooks | None = None):
+                 webhooks: Webhooks | None = None, tenant_of: Callable[[str], Tenant | None] | None = None):
+        """tenant_of(name): the tenant a job's owner names now (None: unknown, e.g. removed from
+        the tokens file): its job runs with that tenant's weight in the batch scheduler's fair share."""
         self.settings, self.store, self.service, self.codec = settings, store, service, codec
+        self.tenant_of = tenant_of
         self.webhooks = webhooks  # None: webhook URLs are refused
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{new_job_id()[:8]}"
         self._wake = asyncio.Event()
@@ -184,7 +188,7 @@ class JobManager:
             await self.store.ack(claim)
             return
         log.info("job %s running (attempt %d%s)", claim.job_id[:8], started.attempts, ", reclaimed" if claim.reclaimed else "")
-        edit = asyncio.create_task(self._edit(claim.job_id, request))
+        edit = asyncio.create_task(self._edit(claim.job_id, request, started.owner))
         self._running[claim.job_id] = edit
         keeper = asyncio.create_task(self._keep_lease(claim, edit))
         try:
@@ -223,10 +227,13 @@ class JobManager:
                 with contextlib.suppress(BaseException):
                     await edit
 
-    async def _edit(self, job_id: str, request: bytes) -> EditOutcome:
+    async def _edit(self, job_id: str, request: bytes, owner: str = "") -> EditOutcome:
         req = self.codec.decode_request(request)
+        tenant = (self.tenant_of(owner) if self.tenant_of is not None and owner else None) or ANONYMOUS
+        if owner and tenant.name != owner:  # its tenant is gone from the tokens file: share as itself, weight 1
+            tenant = Tenant(owner)
         while True:
-            stream = self.service.stream(req)
+            stream = self.service.stream(req, tenant=tenant)
             try:
                 async for item in stream:
                     if isinstance(item, EditOutcome):
