@@ -156,6 +156,15 @@ class Metrics:
                                                 "answer, by what was done: allowed (quota_fail_open) or refused",
                                                 ("decision",), registry=r)
 
+        # jobs (service/jobs/manager.py): counted by the replica that did it
+        self.jobs_submitted_total = Counter("sdedit_jobs_submitted", "jobs queued by SubmitEdit on this replica", registry=r)
+        self.jobs_ended_total = Counter("sdedit_jobs_ended", "jobs this replica ended, by final state: succeeded, failed, "
+                                        "cancelled", ("state",), registry=r)
+        self.job_runs_total = Counter("sdedit_job_runs", "job runs this replica started: first (a queued job) or "
+                                      "reclaimed (a job whose replica died, after its lease)", ("kind",), registry=r)
+        self.job_wait_seconds = Histogram("sdedit_job_wait_seconds", "from a job's submission to the start of the run "
+                                          "that this replica began", buckets=LATENCY_BUCKETS, registry=r)
+
         # completion webhooks of jobs (service/jobs/webhooks.py)
         self.webhook_deliveries_total = Counter("sdedit_webhook_deliveries", "job webhook deliveries by how they ended: "
                                                 "delivered, rejected, exhausted, refused, unsigned, expired, abandoned",

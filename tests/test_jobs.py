@@ -54,6 +54,11 @@ def test_a_job_runs_to_the_result_a_direct_edit_gives(make_server, guide16, mask
         assert done.end_time.ToNanoseconds() >= done.start_time.ToNanoseconds() >= done.create_time.ToNanoseconds()
         assert done.expire_time.seconds - done.end_time.seconds == 86400
         assert done.result == events[-1].result
+    metrics = srv.running.metrics.registry
+    assert metrics.get_sample_value("sdedit_jobs_submitted_total") == 1
+    assert metrics.get_sample_value("sdedit_job_runs_total", {"kind": "first"}) == 1
+    assert metrics.get_sample_value("sdedit_jobs_ended_total", {"state": "succeeded"}) == 1
+    assert metrics.get_sample_value("sdedit_job_wait_seconds_count") == 1
     direct = make_server(cache="none")  # an independent run: no cache to answer from
     with Client(direct.address) as client:
         assert [i.data for i in client.edit(request).images] == [i.data for i in done.result.images]
@@ -116,6 +121,9 @@ def test_cancel_stops_a_running_job_and_its_watchers_get_cancelled(make_server):
         assert info.value.code() == grpc.StatusCode.CANCELLED
         wait_for(lambda: srv.service.admission.in_flight == 0, 10, what="the cancelled edit left")
         assert client.stub.CancelJob(pb.CancelJobRequest(id=job.id)).state == pb.JOB_STATE_CANCELLED  # unchanged
+    ended = srv.running.metrics.registry.get_sample_value
+    assert ended("sdedit_jobs_ended_total", {"state": "cancelled"}) == 1  # once, though cancelled twice
+    assert ended("sdedit_jobs_ended_total", {"state": "succeeded"}) is None
 
 
 def test_higher_priority_jobs_run_first(make_server, guide16):

@@ -82,6 +82,7 @@ class JobManager:
         record = JobRecord(id=new_job_id(), owner=owner, priority=priority, created=time.time(),
                            webhook_url=webhook_url, webhook_state="waiting" if webhook_url else "")
         await self._store(self.store.submit(record, request, self.settings.job_ttl_seconds))
+        self.service.metrics.jobs_submitted_total.inc()
         self._wake.set()
         log.info("job %s queued (priority %d)", record.id[:8], priority)
         return record
@@ -98,7 +99,7 @@ class JobManager:
             error = self.codec.encode_error(Cancelled("cancelled: the job was cancelled (CancelJob)"))
             if await self._store(self.store.finish(job_id, CANCELLED, time.time(), self.settings.job_ttl_seconds,
                                                    None, error, None)):
-                self._ended(record)
+                self._ended(record, CANCELLED)
             task = self._running.get(job_id)
             if task is not None:  # running here: stop it now (elsewhere: within job_poll_seconds)
                 task.cancel()
@@ -129,8 +130,9 @@ class JobManager:
                 cursor = event.sequence
                 yield event
 
-    def _ended(self, record: JobRecord) -> None:
-        """This replica ended the job: its webhook goes out now, in the background."""
+    def _ended(self, record: JobRecord, state: str) -> None:
+        """This replica ended the job (in `state`): counted; its webhook goes out now, in the background."""
+        self.service.metrics.jobs_ended_total.labels(state).inc()
         if record.webhook_url and self.webhooks is not None:
             self.webhooks.deliver(self.store, self.codec, record)
 
@@ -179,7 +181,7 @@ class JobManager:
             error = self.codec.encode_error(Unavailable(
                 f"the job was started {record.attempts} times and its replica stopped each time (job_max_attempts)"))
             if await self.store.finish(claim.job_id, FAILED, time.time(), settings.job_ttl_seconds, None, error, claim):
-                self._ended(record)
+                self._ended(record, FAILED)
             log.warning("job %s failed: started %d times without ending", claim.job_id[:8], record.attempts)
             return
         request = await self.store.request(claim.job_id)
@@ -188,6 +190,9 @@ class JobManager:
             await self.store.ack(claim)
             return
         log.info("job %s running (attempt %d%s)", claim.job_id[:8], started.attempts, ", reclaimed" if claim.reclaimed else "")
+        metrics = self.service.metrics
+        metrics.job_runs_total.labels("reclaimed" if claim.reclaimed else "first").inc()
+        metrics.job_wait_seconds.observe(max(0.0, started.started - started.created))
         edit = asyncio.create_task(self._edit(claim.job_id, request, started.owner))
         self._running[claim.job_id] = edit
         keeper = asyncio.create_task(self._keep_lease(claim, edit))
@@ -214,7 +219,7 @@ class JobManager:
             ended = await self.store.finish(claim.job_id, state, time.time(), settings.job_ttl_seconds, result, error, claim)
             log.info("job %s %s%s", claim.job_id[:8], state, "" if ended else " (it had ended already; result dropped)")
             if ended:
-                self._ended(started)
+                self._ended(started, state)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):  # the replica is stopping: another one runs it again
                 await asyncio.shield(self.store.requeue(claim.job_id))
