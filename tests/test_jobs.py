@@ -199,3 +199,33 @@ def test_jobs_queued_while_no_replica_runs_are_run_by_the_next_one(serve, redis_
     with Client(second.address) as client:
         jobs = [wait_state(client, i, {pb.JOB_STATE_SUCCEEDED}, 120) for i in ids]
     assert all(len(j.result.images) == 1 for j in jobs)
+
+
+def test_consumers_of_gone_replicas_are_forgotten_but_not_those_with_entries(redis_server):
+    """Every replica start adds a consumer to the group; a sweep drops the idle ones that hold
+    nothing and leaves a consumer whose entries another replica has not reclaimed yet."""
+    import asyncio
+    import time
+
+    from service.jobs.redis import GROUP, RedisJobStore
+
+    async def scenario() -> tuple[int, set[str]]:
+        store = RedisJobStore(redis_server.url, 2.0, 4, prefix="sweep")
+        await store.open()
+        queue = store._queue("normal")
+        redis = store._redis
+        for job in ("j1", "j2", "j3"):
+            await redis.xadd(queue, {"id": job})
+        await redis.xreadgroup(GROUP, "dead-holding", {queue: ">"}, count=1)  # holds j1, pending
+        [[_, [(entry, _)]]] = await redis.xreadgroup(GROUP, "dead-empty", {queue: ">"}, count=1)
+        await redis.xack(queue, GROUP, entry)  # ran j2 to its end, then its replica went away
+        await redis.xreadgroup(GROUP, "me", {queue: ">"}, count=1)
+        time.sleep(0.05)
+        dropped = await store.forget_dead_consumers("me", idle_seconds=0.01)
+        left = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]
+                for c in await redis.xinfo_consumers(queue, GROUP)}
+        await store.close()
+        return dropped, left
+
+    dropped, left = asyncio.run(scenario())
+    assert dropped == 1 and left == {"dead-holding", "me"}

@@ -93,6 +93,26 @@ return 1
 """
 
 
+# Consumers of replicas that are gone: every replica start adds one (hostname-pid-random) to the
+# group, and Redis keeps it until deleted. One with no pending entry and idle longer than ARGV[2]
+# ms is dropped; one with entries is left alone (deleting it would drop them: XAUTOCLAIM hands
+# them to a live replica first, and a later sweep removes it). In one script, so a consumer
+# cannot take an entry between the check and the delete.
+FORGET_CONSUMERS = """
+local dropped = 0
+for _, info in ipairs(redis.call('xinfo', 'consumers', KEYS[1], ARGV[1])) do
+  local fields = {}
+  for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+  if fields['pending'] == 0 and fields['idle'] > tonumber(ARGV[2]) and fields['name'] ~= ARGV[3] then
+    redis.call('xgroup', 'delconsumer', KEYS[1], ARGV[1], fields['name'])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+CONSUMER_SWEEP_SECONDS = 60.0  # how often a replica looks for dead consumers
+
+
 WEBHOOK = """
 if redis.call('exists', KEYS[1]) == 0 then return 0 end
 redis.call('hset', KEYS[1], 'webhook_state', ARGV[1], 'webhook_attempts', ARGV[2], 'webhook_http_status', ARGV[3],
@@ -123,6 +143,8 @@ class RedisJobStore:
         self._finish = self._redis.register_script(FINISH)
         self._renew = self._redis.register_script(RENEW)
         self._webhook = self._redis.register_script(WEBHOOK)
+        self._forget_consumers = self._redis.register_script(FORGET_CONSUMERS)
+        self._last_sweep = 0.0
 
     # keys
     def _job(self, job_id: str, part: str = "") -> str:
@@ -180,7 +202,21 @@ class RedisJobStore:
             await self.open()  # Redis lost the group (restarted without persistence): make it again
             return await self._claim(consumer, lease_seconds)
 
+    async def forget_dead_consumers(self, consumer: str, idle_seconds: float) -> int:
+        """Deletes the group's consumers with no pending entry, idle longer than idle_seconds
+        (replicas that stopped or died), except `consumer`; returns how many."""
+        dropped = 0
+        for lane in LANES:
+            dropped += int(await self._call(self._forget_consumers(keys=[self._queue(lane)],
+                                                                   args=[GROUP, _millis(idle_seconds), consumer])))
+        return dropped
+
     async def _claim(self, consumer: str, lease_seconds: float) -> Claim | None:
+        now = asyncio.get_running_loop().time()
+        if now - self._last_sweep >= CONSUMER_SWEEP_SECONDS:
+            self._last_sweep = now
+            # a live replica polls every lane every job_poll_seconds: ten leases of silence is death
+            await self.forget_dead_consumers(consumer, max(10 * lease_seconds, 60.0))
         for lane in LANES:
             answer = await self._call(self._redis.xautoclaim(self._queue(lane), GROUP, consumer, _millis(lease_seconds),
                                                              start_id="0-0", count=1))
