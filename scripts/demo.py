@@ -3,18 +3,23 @@
     make demo            (or: .venv/bin/python scripts/demo.py)
 
 Starts the service on a free port (ONNX Runtime in process, in-memory cache, the default
-model), runs `sdedit models` and two `sdedit edit` calls on the example guides, writes the
-outputs and a side-by-side picture to demo/, then stops the service with SIGTERM.
+model; its HTTP/JSON door and the browser editor on another free port), runs `sdedit models`
+and two `sdedit edit` calls on the example guides, one edit through the HTTP door (the JSON a
+curl user would send), writes the outputs and a side-by-side picture to demo/, then stops the
+service with SIGTERM. `make serve` keeps it running: the editor is then at http://127.0.0.1:8080/.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -54,12 +59,28 @@ def run(*args: str) -> None:
     subprocess.run([SDEDIT, *args], check=True)
 
 
+def http_edit(base: str) -> None:
+    """One edit through the HTTP/JSON door, as `curl -d @request.json` would send it."""
+    body = {"image": base64.b64encode((EXAMPLES / "strokes.png").read_bytes()).decode(), "t0": 0.3, "seed": "1"}
+    print(f"$ curl -s {base}/v1/edits -H 'Content-Type: application/json' "
+          "-d '{\"image\": \"<base64 of strokes.png>\", \"t0\": 0.3, \"seed\": \"1\"}'", flush=True)
+    request = urllib.request.Request(f"{base}/v1/edits", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        response = json.load(answer)
+    (OUT / "http-edit.png").write_bytes(base64.b64decode(response["images"][0]["data"]))
+    print(f"  {response['networkCalls']} network calls, seed {response['images'][0]['seed']}: {OUT / 'http-edit.png'}")
+    print(f"  (while it runs, the browser editor is at {base}/)")
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    port = free_port()
+    port, http_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
-    print(f"$ sdedit serve --host 127.0.0.1 --port {port} --metrics-port -1   (in the background)", flush=True)
-    server = subprocess.Popen([SDEDIT, "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "-1"])
+    print(f"$ sdedit serve --host 127.0.0.1 --port {port} --http-port {http_port} --metrics-port -1   (in the background)",
+          flush=True)
+    server = subprocess.Popen([SDEDIT, "serve", "--host", "127.0.0.1", "--port", str(port), "--http-port", str(http_port),
+                               "--metrics-port", "-1"])
     try:
         wait_serving(address, server)
         run("models", "--address", address)
@@ -67,6 +88,7 @@ def main() -> None:
             "-o", str(OUT / "strokes-edit.png"), "--address", address)
         run("edit", str(EXAMPLES / "digit.png"), "--mask", str(EXAMPLES / "mask-top.png"), "--t0", "0.6",
             "--seed", "1", "--num-samples", "4", "-o", str(OUT / "masked-edit.png"), "--address", address)
+        http_edit(f"http://127.0.0.1:{http_port}")
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=60)
