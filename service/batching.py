@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 IDLE_EXIT_SECONDS = 5.0  # a scheduler's thread ends after this long with nothing to run
 SERIAL_EMA = 0.1  # weight of the latest tick in the moving average of serial seconds per image
+PROBE_FRACTION = 0.1  # with one batch size known: split once if the serial work is this share of its call
+HYSTERESIS = 0.75  # two groups go back to one when the serial work falls below this share of a call's fixed cost
 
 
 @dataclass
@@ -97,6 +99,11 @@ class CallCosts:
         old = self._seconds.get(images)
         self._seconds[images] = seconds if old is None else old + self.smoothing * (seconds - old)
 
+    @property
+    def sizes(self) -> int:
+        """How many batch sizes have been seen."""
+        return len(self._seconds)
+
     def fixed_seconds(self) -> float:
         if not self._seconds:
             return float("inf")
@@ -120,6 +127,7 @@ class BatchScheduler:
         self.pipeline_depth = pipeline_depth
         self.costs = CallCosts()
         self._serial_per_image = 0.0  # moving average: this thread's seconds outside calls, per image
+        self._split = False  # the last decision of _groups_now
         self._last_call_end = 0.0
         # depth 2: the calls' threads, so the second call is sent (its input crossing to the device)
         # while the first runs; depth 1 calls from the scheduler's thread
@@ -220,13 +228,29 @@ class BatchScheduler:
                     self._leave(flight.batch, error=exc)
 
     def _groups_now(self) -> int:
-        """Calls to have in flight: 1, or 2 (pipeline_depth 2) when the steps' serial work of a
-        full call costs more than a second call's fixed cost (the CallCosts fit), so that one
-        group's steps run while the other group's call does (lock held)."""
+        """Calls to have in flight: 1, or 2 (pipeline_depth 2) when the steps' serial work for
+        the active images costs more than a second call's fixed cost (the CallCosts fit), so
+        that one group's steps run while the other group's call does (lock held).
+
+        While the fit knows one batch size only (edits that arrive together and stay in step),
+        its bound on the fixed cost is that size's whole call; if the serial work is a tenth of
+        that or more, one split is tried to learn a second size. Once split, the groups stay
+        split until the serial work falls below 3/4 of the fixed cost (no flapping at the edge)."""
         if self.pipeline_depth < 2:
             return 1
         images = sum(edit.trajectory.batch for edit in self._edits)
-        return 2 if images >= 2 and self._serial_per_image * images >= self.costs.fixed_seconds() else 1
+        if images < 2:
+            return 1
+        serial = self._serial_per_image * images
+        fixed = self.costs.fixed_seconds()
+        if self.costs.sizes < 2:
+            split = serial >= PROBE_FRACTION * fixed
+        elif self._split:
+            split = serial >= HYSTERESIS * fixed
+        else:
+            split = serial >= fixed
+        self._split = split
+        return 2 if split else 1
 
     def _drop_stopped(self) -> None:
         """Edits whose caller gave up leave before their next call (lock held)."""

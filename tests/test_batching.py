@@ -155,6 +155,8 @@ class FixedCosts:
     """Stands in for CallCosts where a test needs the split decision fixed (CallCosts' own fit
     is tested apart): fixed_seconds 0 means two groups whenever two images are active."""
 
+    sizes = 2  # as if two batch sizes had been seen: the fit is trusted
+
     def __init__(self, fixed: float):
         self.fixed = fixed
 
@@ -173,6 +175,30 @@ def test_call_costs_fit_the_fixed_cost_and_bound_it_before_two_sizes_are_seen():
     for images in (1, 8, 32):
         costs.add(images, 0.006 + 0.0012 * images)
     assert costs.fixed_seconds() == pytest.approx(0.006, abs=1e-4)
+
+
+def test_the_split_is_probed_with_one_batch_size_known_and_kept_without_flapping():
+    from types import SimpleNamespace
+
+    scheduler = BatchScheduler("split", lambda x, t: x, 32, pipeline_depth=2)
+    try:
+        scheduler._edits = [SimpleNamespace(trajectory=SimpleNamespace(batch=1)) for _ in range(32)]
+        scheduler.costs.add(32, 0.0444)  # edits in lockstep: only full calls seen, a <= 44.4 ms
+        scheduler._serial_per_image = 0.0005  # 16 ms of serial work per tick
+        assert scheduler._groups_now() == 2  # >= a tenth of the call: try a split once
+        scheduler.costs.add(16, 0.0252)  # now the fit: a = 6 ms < 16 ms
+        assert scheduler._groups_now() == 2
+        scheduler._serial_per_image = 0.00016  # 5.1 ms: below a, above 3/4 a: stays split
+        assert scheduler._groups_now() == 2
+        scheduler._serial_per_image = 0.0001  # 3.2 ms < 4.5 ms: one group again
+        assert scheduler._groups_now() == 1
+        scheduler._serial_per_image = 0.00016  # 5.1 ms < a: stays one group
+        assert scheduler._groups_now() == 1
+        scheduler._edits = scheduler._edits[:1]
+        assert scheduler._groups_now() == 1  # one image: nothing to split
+    finally:
+        scheduler._edits = []
+        scheduler.close()
 
 
 class Device:
