@@ -12,15 +12,18 @@
     baseline (--max-batch-images 1: every call is batch 1, as on the per-edit path before
     step-level batching). Both have max_active_edits = the largest level, so no level queues.
     Edits/s and p50/p99 latency come from the client; network calls/s, images per call and
-    CPU seconds per tick from the server's own metrics over the measured window. Before and
-    after the levels, the network alone (OnnxScoreModel.predict_eps with the server's thread
-    setting) at batch 1, 8, 16, 32, 64: its best images/s bounds edits/s at
-    best images/s / calls per edit; the ratio to that bound is reported.
+    CPU seconds per tick from the server's own metrics over the measured window; edits/s is the
+    server's sample-steps in the window / calls per edit (finished edits come in cohorts). Before
+    the first level, between levels and after the last, the network alone
+    (OnnxScoreModel.predict_eps with the server's thread setting) at batch 1, 8, 16, 32, 64: the
+    best batch's mean images/s bounds edits/s at images/s / calls per edit; the ratio to that
+    bound is reported, and the fastest single measurement beside it.
 (b) A simulated accelerator: a backend whose call costs a + b * images seconds of sleep (the
     GIL released, no CPU) and returns zeros, at 3x256x256 (the shapes of the exact-score RGB
     Gaussian, service/oracle_models.py gaussian_model(spec, 0.0, 0.5, channels=3); its compute
-    replaced by the sleep), driven through a BatchScheduler directly (no gRPC, decode or
-    encode: the scheduler and the step arithmetic only), closed loop, --calls calls per edit.
+    replaced by the sleep; calls from several threads run one at a time), driven through a
+    BatchScheduler directly (no gRPC, decode or encode: the scheduler and the step arithmetic
+    only), closed loop, --calls calls per edit, at each of --sim-depths pipeline depths.
     Ideal at concurrency c, n calls per edit: one tick of c images costs a + b * c, so
     c / (n * (a + b * c)) edits/s (c bounded by the maximum batch). Per tick, from the
     scheduler's on_tick hook (TickStats): the CPU seconds of the scheduler's thread outside the
