@@ -172,6 +172,15 @@ class Metrics:
         self.webhook_attempts_total = Counter("sdedit_webhook_attempts", "job webhook POSTs by result: 2xx, 3xx, 4xx, "
                                               "5xx, or error (no answer: network, TLS, timeout)", ("result",), registry=r)
 
+        # every job state, run kind and delivery outcome shows from the start, at 0 (a rate() over
+        # a series that appears with its first increment misses that increment)
+        for state in ("succeeded", "failed", "cancelled"):
+            self.jobs_ended_total.labels(state)
+        for kind in ("first", "reclaimed"):
+            self.job_runs_total.labels(kind)
+        for outcome in ("delivered", "rejected", "exhausted", "refused", "unsigned", "expired", "abandoned"):
+            self.webhook_deliveries_total.labels(outcome)
+
         # what is running
         self.build_info = Info("sdedit_build", "versions of the service and its main libraries", registry=r)
         self.build_info.info({"version": _version("sdedit-service"), "python": platform.python_version(),
