@@ -46,3 +46,24 @@ def serial_of(cert_pem: bytes) -> str:
     """The serial number of a PEM certificate, as openssl prints it (hex)."""
     out = subprocess.run(["openssl", "x509", "-noout", "-serial"], input=cert_pem, check=True, capture_output=True)
     return out.stdout.decode().strip().split("=", 1)[1]
+
+
+class ServedFiles:
+    """The certificate and key files a server is pointed at, in their own folder, and a
+    rotation done the way Kubernetes swaps a Secret volume: new files, renamed into place."""
+
+    def __init__(self, folder: Path, pair: Pair):
+        import shutil
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.cert, self.key = folder, folder / "tls.crt", folder / "tls.key"
+        shutil.copy(pair.cert, self.cert)
+        shutil.copy(pair.key, self.key)
+
+    def rotate_to(self, pair: Pair) -> None:
+        import shutil
+
+        shutil.copy(pair.cert, self.folder / "new.crt")
+        shutil.copy(pair.key, self.folder / "new.key")
+        (self.folder / "new.key").replace(self.key)
+        (self.folder / "new.crt").replace(self.cert)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import socket
 import ssl
 import threading
@@ -20,7 +19,7 @@ from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import build_request
 from service.connection import Connection
-from tests.certs import CertificateAuthority, serial_of
+from tests.certs import CertificateAuthority, ServedFiles, serial_of
 from tests.conftest import png
 from tests.models_for_tests import counting
 from tests.servers import wait_for
@@ -359,21 +358,15 @@ def served_serial(port: int) -> str:
 def test_https_uses_the_grpc_certificate_and_follows_its_rotation(make_server, tmp_path):
     ca = CertificateAuthority(tmp_path / "ca")
     first, second = ca.issue("server-1"), ca.issue("server-2")
-    served = tmp_path / "served"
-    served.mkdir()
-    cert, key = served / "tls.crt", served / "tls.key"
-    shutil.copy(first.cert, cert)
-    shutil.copy(first.key, key)
+    served = ServedFiles(tmp_path / "served", first)
+    cert, key = served.cert, served.key
     srv = make_server(tls_cert_file=str(cert), tls_key_file=str(key))
     assert srv.http_url.startswith("https://")
     assert requests.get(f"{srv.http_url}/healthz", verify=str(ca.cert), timeout=10).status_code == 200
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{srv.running.http_port}/healthz", timeout=5)
     assert served_serial(srv.running.http_port) == serial_of(first.cert.read_bytes())
-    shutil.copy(second.cert, served / "new.crt")
-    shutil.copy(second.key, served / "new.key")
-    (served / "new.key").replace(key)
-    (served / "new.crt").replace(cert)
+    served.rotate_to(second)
     assert served_serial(srv.running.http_port) == serial_of(second.cert.read_bytes())
     key.write_bytes(b"")  # half written: the previous certificate stays
     assert served_serial(srv.running.http_port) == serial_of(second.cert.read_bytes())

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import Client, build_request
 from service.connection import Connection
-from tests.certs import CertificateAuthority, serial_of
+from tests.certs import CertificateAuthority, ServedFiles, serial_of
 from tests.conftest import png
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates "
@@ -82,21 +82,14 @@ def test_mutual_tls_requires_a_client_certificate_of_the_client_ca(make_server, 
 
 def test_rotated_certificate_files_are_served_without_a_restart(make_server, ca, tmp_path):
     first, second = ca.issue("server-1"), ca.issue("server-2")
-    served = tmp_path / "served"
-    served.mkdir()
-    cert, key = served / "tls.crt", served / "tls.key"
-    shutil.copy(first.cert, cert)
-    shutil.copy(first.key, key)
-    srv = make_server(tls_cert_file=str(cert), tls_key_file=str(key))
+    served = ServedFiles(tmp_path / "served", first)
+    key = served.key
+    srv = make_server(tls_cert_file=str(served.cert), tls_key_file=str(key))
     assert served_serial(srv.running.port) == serial_of(first.cert.read_bytes())
     with Connection(srv.address, tls_ca_file=ca.cert).channel() as channel:  # a connection open across the rotation
         stub = health_pb2_grpc.HealthStub(channel)
         stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        # as Kubernetes swaps a Secret volume: new files, renamed into place
-        shutil.copy(second.cert, served / "new.crt")
-        shutil.copy(second.key, served / "new.key")
-        (served / "new.key").replace(key)
-        (served / "new.crt").replace(cert)
+        served.rotate_to(second)  # as Kubernetes swaps a Secret volume
         assert served_serial(srv.running.port) == serial_of(second.cert.read_bytes())
         assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     assert health(Connection(srv.address, tls_ca_file=ca.cert)) == health_pb2.HealthCheckResponse.SERVING
