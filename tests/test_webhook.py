@@ -49,10 +49,12 @@ verify = documented_verify()
 
 class Receiver:
     """An HTTP(S) server on a free loopback port recording each POST and answering with
-    `statuses` in turn (then 200); `delay` seconds before each answer."""
+    `statuses` in turn (then 200); `delay` seconds before each answer; `retry_after` as the
+    Retry-After header of its 429 and 503 answers."""
 
-    def __init__(self, pair: Pair | None, statuses=(), delay: float = 0.0):
+    def __init__(self, pair: Pair | None, statuses=(), delay: float = 0.0, retry_after: str | None = None):
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.times: list[float] = []  # time.monotonic() of each POST
         self.statuses, self.delay, self.lock = list(statuses), delay, threading.Lock()
         receiver = self
 
@@ -61,11 +63,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver.lock:
                     receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    receiver.times.append(time.monotonic())
                     status = receiver.statuses.pop(0) if receiver.statuses else 200
                 time.sleep(receiver.delay)
                 self.send_response(status)
                 if 300 <= status < 400:
                     self.send_header("Location", "https://elsewhere.invalid/")
+                if status in (429, 503) and retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -105,8 +110,8 @@ def ca(tmp_path) -> CertificateAuthority:
 def receivers(ca):
     started = []
 
-    def start(statuses=(), tls: bool = True, delay: float = 0.0) -> Receiver:
-        receiver = Receiver(ca.issue(f"receiver{len(started)}") if tls else None, statuses, delay)
+    def start(statuses=(), tls: bool = True, delay: float = 0.0, retry_after: str | None = None) -> Receiver:
+        receiver = Receiver(ca.issue(f"receiver{len(started)}") if tls else None, statuses, delay, retry_after)
         started.append(receiver)
         return receiver
 
@@ -206,6 +211,20 @@ def test_a_receiver_failing_twice_gets_a_third_attempt_of_the_same_delivery(hook
     assert (done.webhook.state, done.webhook.attempts, done.webhook.last_http_status) == ("delivered", 3, 200)
     assert sample(srv, "sdedit_webhook_attempts_total", result=f"{failure // 100}xx") == 2
     assert sample(srv, "sdedit_webhook_deliveries_total", outcome="delivered") == 1
+
+
+def test_a_retry_after_of_a_429_is_waited_for_and_an_http_date_is_not_trusted(hook_server, receivers, guide16):
+    """The backoff's first delay is 0.05 s here; Retry-After: 1 makes it a second. The date form
+    is ignored (the receiver's clock is not ours): the plain backoff applies."""
+    srv = hook_server()
+    told, dated = receivers(statuses=[429, 200], retry_after="1"), receivers(statuses=[503, 200],
+                                                                              retry_after="Wed, 21 Oct 2099 07:28:00 GMT")
+    with Client(srv.address) as client:
+        jobs = [client.stub.SubmitEdit(job_request(guide16, r.url(), seed=i)) for i, r in enumerate((told, dated))]
+        done = [webhook_done(client, job.id) for job in jobs]
+    assert [(d.webhook.state, d.webhook.attempts) for d in done] == [("delivered", 2)] * 2
+    assert told.times[1] - told.times[0] >= 1.0
+    assert dated.times[1] - dated.times[0] < 1.0
 
 
 @pytest.mark.parametrize("answer", [400, 302])

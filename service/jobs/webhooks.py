@@ -178,11 +178,20 @@ class AddressRefused(Exception):
 class Answer:
     status: int = 0  # the HTTP status; 0 = none
     error: str = ""  # why there was no (good) answer
+    retry_after: float | None = None  # a 429 or 503's Retry-After, in seconds (the delta-seconds form)
 
     @property
     def result(self) -> str:
         """The attempt, for sdedit_webhook_attempts_total: 2xx, 3xx, 4xx, 5xx or error."""
         return f"{self.status // 100}xx" if 100 <= self.status < 600 else "error"
+
+
+def retry_after(status: int, header: str | None) -> float | None:
+    """Retry-After of a 429 or 503 in its delta-seconds form; None otherwise (an HTTP date is
+    not trusted: the two clocks may disagree)."""
+    if status not in (429, 503) or not header or not header.strip().isdigit():
+        return None
+    return float(header.strip())
 
 
 class PinnedConnection(http.client.HTTPSConnection):
@@ -256,7 +265,8 @@ class Post:
             try:
                 self.connection.request("POST", target, body=self.body, headers=self.headers)
                 response = self.connection.getresponse()  # the status line and headers; the body is not read
-                return Answer(response.status, "" if 200 <= response.status < 300 else f"HTTP {response.status}")
+                return Answer(response.status, "" if 200 <= response.status < 300 else f"HTTP {response.status}",
+                              retry_after(response.status, response.getheader("Retry-After")))
             except (OSError, http.client.HTTPException) as exc:
                 timed_out = self.aborted or isinstance(exc, TimeoutError)
                 return Answer(error="timed out" if timed_out else f"{type(exc).__name__}: {exc}")
@@ -382,6 +392,8 @@ class Webhooks:
                                 attempts, answer.error)
                     break
                 wait = self.delay(tries)
+                if answer.retry_after is not None:  # the receiver said when: no sooner, within the cap
+                    wait = min(MAX_DELAY_SECONDS, max(wait, answer.retry_after))
                 log.info("webhook of job %s to %s: attempt %d: %s; retrying in %.1f s", job_id[:8], where,
                          attempts, answer.error, wait)
                 await self._note(store, job_id, state, attempts, answer)
