@@ -147,6 +147,7 @@ async def start_server(settings: Settings) -> RunningServer:
     try:
         gate = build_gate(settings, service, metrics)
         webhooks = Webhooks(settings, secret_source(settings, gate.tokens), metrics)
+        gate.precheck = job_precheck(webhooks)
     except (TokensFileError, SettingsError):
         await service.aclose()
         raise
@@ -240,6 +241,18 @@ def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Ga
 
     return Gate(tokens, open_discovery=settings.open_discovery, default_model=service.registry.default,
                 observer=metrics, quotas=quotas, work_of=work_of)
+
+
+def job_precheck(webhooks: Webhooks):
+    """A SubmitEdit whose webhook URL will be refused is refused before its quota is charged."""
+    def precheck(tenant, method: str, request) -> None:
+        if method == SUBMIT_EDIT and request.job.webhook_url:
+            webhooks.check(request.job.webhook_url, tenant.name)
+
+    return precheck
+
+
+SUBMIT_EDIT = "/sdedit.v1.ImageEditor/SubmitEdit"
 
 
 def warn_if_open(settings: Settings) -> None:

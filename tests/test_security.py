@@ -395,6 +395,27 @@ def test_work_per_minute_counts_network_calls_times_images_and_says_when_to_retr
     assert metrics.get_sample_value("sdedit_tenant_rejections_total", {"tenant": "a", "reason": "work_per_minute"}) == 1
 
 
+def test_a_job_refused_for_its_webhook_url_is_not_charged_to_the_work_quota(make_server, tmp_path, guide16):
+    """Each job is 2 steps x 1 image; the tenant has 4 a minute: ten refused submissions (a
+    loopback webhook) later, two good ones still fit."""
+    from sdedit.v1 import sdedit_pb2 as pb
+
+    secret = tmp_path / "a.secret"
+    secret.write_text("s" * 32)
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "work_per_minute": 4,
+                                                      "webhook_secret_file": str(secret)}])
+    srv = make_server(auth_tokens_file=str(tokens))
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:
+        bad = edit_request(guide16)
+        bad.job.webhook_url = "https://127.0.0.1:9/hook"
+        for _ in range(10):
+            refusal = refused(lambda: a.stub.SubmitEdit(bad, timeout=10))
+            assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT and "job.webhook_url" in refusal.details()
+        for _ in range(2):
+            assert a.stub.SubmitEdit(edit_request(guide16), timeout=10).state == pb.JOB_STATE_QUEUED
+        assert refused(lambda: a.stub.SubmitEdit(edit_request(guide16), timeout=10)).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_max_in_flight_refuses_an_edit_beyond_it_until_one_ends(make_server, tmp_path, guide16):
     from tests.models_for_tests import counting
 

@@ -56,6 +56,9 @@ class Gate:
         self.observer = observer
         self.quotas = quotas
         self.work_of = work_of
+        # precheck(tenant, method, request): the request's checks that need the handler's state
+        # (a job's webhook URL), made before a quota is charged for a request that will be refused
+        self.precheck: Callable[[Tenant, str, object], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -102,6 +105,8 @@ class Gate:
                                PermissionDenied(f"tenant {tenant.name!r} may not use model {model!r}"))
         if self.quotas is None or (not tenant.max_in_flight and not tenant.work_per_minute):
             return None
+        if self.precheck is not None:
+            self.precheck(tenant, method, request)
         work = self.work_of(request) if self.work_of is not None and tenant.work_per_minute else 0
         try:
             return await self.quotas.acquire(tenant, work)
