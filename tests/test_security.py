@@ -162,6 +162,16 @@ def test_a_tenant_beyond_its_rights_is_permission_denied(make_server, tmp_path, 
         assert code_of(lambda: list(b.stream_edit(edit_request(guide16), timeout=10))) == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_tenant_limited_to_some_models_lists_those_only(make_server, tmp_path):
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A},
+                                                      {"name": "c", "token": TOKEN_B, "models": ["gauss", "mix"]}])
+    srv = make_server(auth_tokens_file=str(tokens))
+    with Client(Connection(srv.address, token=TOKEN_A)) as a, Client(Connection(srv.address, token=TOKEN_B)) as c:
+        everything = [m.name for m in a.list_models(timeout=10)]
+        assert len(everything) > 2 and {"gauss", "mix"} < set(everything)
+        assert [m.name for m in c.list_models(timeout=10)] == [n for n in everything if n in ("gauss", "mix")]
+
+
 def test_a_tenant_uses_jobs_by_default_and_not_beyond_its_methods(make_server, tmp_path, guide16):
     import json
 

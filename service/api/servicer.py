@@ -58,8 +58,10 @@ class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
         registry = self.service.registry
+        tenant = current_tenant()  # a tenant limited to some models sees those only
         return pb.ListModelsResponse(
-            models=[model_info_to_proto(m.info, m.info.name == registry.default) for m in registry.all()],
+            models=[model_info_to_proto(m.info, m.info.name == registry.default) for m in registry.all()
+                    if tenant.may_use(m.info.name)],
             jobs=self.jobs.kind,
         )
 
