@@ -57,7 +57,8 @@ def test_batching_benchmark_runs(tmp_path):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     out = tmp_path / "batching.json"
-    benchmark.main(["--embedded-levels", "1,4", "--sim-levels", "1,8", "--duration", "1", "--warmup", "0.3",
+    benchmark.main(["--embedded-levels", "1,4", "--rounds", "2", "--window", "0.5", "--window-warmup", "0.2",
+                    "--sim-levels", "1,8", "--duration", "1", "--warmup", "0.3",
                     "--calls", "3", "--network-batches", "1,4", "--out", str(out)])
     results = json.loads(out.read_text())
     a, b = results["embedded"], results["simulated"]
@@ -67,10 +68,42 @@ def test_batching_benchmark_runs(tmp_path):
         assert row["edits"] > 0 and row["edits_per_second"] > 0 and row["network_calls_per_second"] > 0
         assert row["latency_p50_seconds"] <= row["latency_p99_seconds"] and row["edits_per_second_over_bound"] > 0
         assert row["images_per_call"] == 1.0 if row["path"] == "per_edit" else 1.0 <= row["images_per_call"] <= 4.0
+        assert row["window_ratios"]["n"] == 2 and row["bound_edits_per_second"] > 0
     assert set(a["network_before"]) == {"1", "4"} and a["network_best_images_per_second"] > 0
+    # every window lies between two measurements of the network alone: one per level before its first
+    # window, one after each window; the windows' seconds are their own (the server stood still between them)
+    assert len(a["windows"]) == 2 * 2 * 2 and len(a["network_samples"]) == 2 + len(a["windows"])
+    assert all(w["after"] == w["before"] + 1 and 0.5 <= w["seconds"] < 1.5 for w in a["windows"])
     assert "c1_latency_p50_over_per_edit" in a["acceptance"]
     assert [(r["pipeline_depth"], r["concurrency"]) for r in b["rows"]] == [(1, 1), (2, 1), (1, 8), (2, 8)]
     assert b["a_ms"] == 6.0 and b["b_ms"] == 1.2
     for row in b["rows"]:
         assert row["edits"] > 0 and 0 < row["edits_per_second_over_ideal"] <= 1.05
         assert row["tick_cpu_ms"] > 0 and row["process_cpu_ms_per_sample_step"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_batching_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_batching.py (issue 12, item 8: run it where a GPU is lent) with a shrunken UNet
+    on the CPU: the network alone, then the scheduler's closed loops beside their bounds."""
+    pytest.importorskip("torch", reason="the GPU benchmark needs torch (the train extra)")
+    spec = importlib.util.spec_from_file_location("gpu_batching_benchmark", ROOT / "benchmarks" / "gpu_batching.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "gpu_batching.json"
+    benchmark.main(["--device", "cpu", "--dtype", "fp32", "--ch", "32", "--resolution", "32", "--levels", "1,4",
+                    "--batches", "1,4", "--duration", "0.6", "--warmup", "0.2", "--alone-seconds", "0.2", "--calls", "3",
+                    "--max-batch", "4", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["network"]["shape"] == "3x32x32" and results["network"]["parameters"] > 0
+    assert [a["batch"] for a in results["alone"]] == [1, 4]
+    assert all(a["end_to_end_images_per_second"] > 0 and a["forward_images_per_second"] > 0 for a in results["alone"])
+    assert [(r["path"], r["pipeline_depth"], r["concurrency"]) for r in results["rows"]] == [
+        (path, depth, c) for c in (1, 4) for path, depth in (("batched", 1), ("batched", 2), ("per_edit", 1))]
+    for row in results["rows"]:
+        assert row["edits"] > 0 and row["edits_per_second_over_ideal"] > 0
+        assert row["images_per_call"] == 1.0 if row["path"] == "per_edit" or row["concurrency"] == 1 else row["images_per_call"] > 1
+    # the bound interpolates the measured time per call between batches
+    alone = results["alone"]
+    assert benchmark.bound_images_per_second(alone, 4) == pytest.approx(alone[1]["end_to_end_images_per_second"])
+    assert benchmark.bound_images_per_second(alone, 1) == pytest.approx(alone[0]["end_to_end_images_per_second"])
