@@ -64,6 +64,9 @@ class TorchNetwork:
         self.dtype = getattr(torch, DTYPES[dtype])
         self.device = torch.device(device)
         self.net = ReferenceUNet(config).eval().to(device=self.device, dtype=self.dtype)
+        # the timestep embedding is computed in float32 (training/reference_unet.py): it meets
+        # the network's precision at its first Linear
+        self.net.temb.dense[0].register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype),))
         self.parameters = sum(p.numel() for p in self.net.parameters())
         self.shape = (3, resolution, resolution)
 

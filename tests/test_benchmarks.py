@@ -85,13 +85,14 @@ def test_batching_benchmark_runs(tmp_path):
 @pytest.mark.slow
 def test_gpu_batching_benchmark_runs_on_the_cpu(tmp_path):
     """benchmarks/gpu_batching.py (issue 12, item 8: run it where a GPU is lent) with a shrunken UNet
-    on the CPU: the network alone, then the scheduler's closed loops beside their bounds."""
+    on the CPU, in bfloat16 (a reduced precision, as fp16 on a GPU): the network alone, then the scheduler's
+    closed loops beside their bounds."""
     pytest.importorskip("torch", reason="the GPU benchmark needs torch (the train extra)")
     spec = importlib.util.spec_from_file_location("gpu_batching_benchmark", ROOT / "benchmarks" / "gpu_batching.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     out = tmp_path / "gpu_batching.json"
-    benchmark.main(["--device", "cpu", "--dtype", "fp32", "--ch", "32", "--resolution", "32", "--levels", "1,4",
+    benchmark.main(["--device", "cpu", "--dtype", "bf16", "--ch", "32", "--resolution", "32", "--levels", "1,4",
                     "--batches", "1,4", "--duration", "0.6", "--warmup", "0.2", "--alone-seconds", "0.2", "--calls", "3",
                     "--max-batch", "4", "--out", str(out)])
     results = json.loads(out.read_text())
