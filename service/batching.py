@@ -145,8 +145,13 @@ class BatchScheduler:
         # Next steps' noise is drawn on these threads while the network call runs (numpy's
         # generators release the GIL), each sample from its own generator in its own order.
         self._noise = ThreadPoolExecutor(noise_threads, thread_name_prefix=f"sdedit-noise-{name}") if noise_threads else None
-        # the steps' shares: this thread and the noise threads, at most one per core
-        self._workers = min(noise_threads + 1, os.cpu_count() or 1)
+        # The steps' shares: this thread and as many others, at most one per core in all. Their
+        # own threads, not the noise threads: a landed call's steps are the critical path (its
+        # group's next call waits for them), so they must not queue behind noise drawn for the
+        # other group's step, which is needed only when that call lands.
+        self._workers = min(noise_threads + 1, os.cpu_count() or 1) if noise_threads else 1
+        self._shares = (ThreadPoolExecutor(self._workers - 1, thread_name_prefix=f"sdedit-steps-{name}")
+                        if self._workers > 1 else None)
 
     @property
     def active(self) -> int:
@@ -182,8 +187,9 @@ class BatchScheduler:
         if thread is not None:
             thread.join(timeout)
         self._network.shutdown(wait=True)
-        if self._noise is not None:
-            self._noise.shutdown(wait=True)
+        for pool in (self._noise, self._shares):
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     # --- the scheduler's thread -------------------------------------------------------
 
@@ -398,10 +404,10 @@ class BatchScheduler:
         parallel); each edit's step is the same wherever it runs."""
         offsets = np.cumsum([0] + [edit.trajectory.batch for edit in batch])
         jobs = [(edit, eps[offsets[i]:offsets[i + 1]]) for i, edit in enumerate(batch)]
-        if self._noise is None or self._workers < 2 or len(jobs) < 2:
+        if self._shares is None or len(jobs) < 2:
             return [_advance(edit, part) for edit, part in jobs], 0.0
         shares = _split_by_images(jobs, self._workers)
-        futures = [self._noise.submit(_advance_share, share) for share in shares[1:]]
+        futures = [self._shares.submit(_advance_share, share) for share in shares[1:]]
         outcomes = [_advance(edit, part) for edit, part in shares[0]]  # this thread takes a share too
         cpu = 0.0
         for future in futures:
