@@ -47,7 +47,6 @@ targets of issue 12 are reported, not asserted.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -61,7 +60,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.scheduler_loop import CPU_BATCH, percentile, scheduler_level  # noqa: E402
+from benchmarks.scheduler_loop import CPU_BATCH, LoadLoop, percentile, scheduler_level  # noqa: E402
 from service.backends.onnx import OnnxScoreModel  # noqa: E402
 from service.client import Client, build_request  # noqa: E402
 from service.config import PROJECT_ROOT, load_settings  # noqa: E402
@@ -145,41 +144,6 @@ class Valve:
         """Seconds of [began, ended] this valve was closed (an edit's wait, taken out of its latency)."""
         intervals = self.closed_intervals + ([(self.closed_since, ended)] if self.closed_since is not None else [])
         return sum(max(0.0, min(ended, b) - max(began, a)) for a, b in intervals)
-
-
-class LoadLoop:
-    """`concurrency` workers sending edits back to back until stop(); every edit's (start, end)."""
-
-    def __init__(self, concurrency: int, one_edit):
-        self.edits: list[tuple[float, float]] = []
-        self.errors: list[BaseException] = []
-        self._stop = threading.Event()
-        self._seeds = itertools.count()
-        self._lock = threading.Lock()
-        self._one_edit = one_edit
-        self._threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
-        for thread in self._threads:
-            thread.start()
-
-    def _worker(self) -> None:
-        while not self._stop.is_set() and not self.errors:
-            with self._lock:
-                seed = next(self._seeds)
-            began = time.perf_counter()
-            try:
-                self._one_edit(seed)
-            except BaseException as exc:  # noqa: BLE001 - raised by stop()
-                self.errors.append(exc)
-                return
-            with self._lock:
-                self.edits.append((began, time.perf_counter()))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-        if self.errors:
-            raise self.errors[0]
 
 
 def network_images_per_second(model: OnnxScoreModel, batches: tuple[int, ...], seconds_each: float = 0.25) -> dict[int, float]:

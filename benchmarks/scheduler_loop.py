@@ -4,6 +4,7 @@ gRPC), so benchmarks/gpu_batching.py runs it on a machine with just numpy and to
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -43,44 +44,59 @@ class Window:
                 "latency_mean_seconds": float(np.mean(self.latencies)) if n else None}
 
 
-def closed_loop(concurrency: int, warmup: float, duration: float, one_edit, on_window=None) -> Window:
-    """`concurrency` workers each run one_edit(seed) back to back; edits that end inside
-    [start + warmup, start + warmup + duration] are measured. on_window(phase) is called at
-    the window's start and end ("start", "end") for snapshots of counters."""
-    start = time.perf_counter()
-    window_start, window_end = start + warmup, start + warmup + duration
-    latencies: list[float] = []
-    lock = threading.Lock()
-    seeds = iter(range(1 << 40))
-    errors: list[BaseException] = []
+class LoadLoop:
+    """`concurrency` workers running one_edit(seed) back to back (fresh seeds) until stop();
+    every edit's (start, end)."""
 
-    def worker() -> None:
-        while time.perf_counter() < window_end and not errors:
-            with lock:
-                seed = next(seeds)
+    def __init__(self, concurrency: int, one_edit):
+        self.edits: list[tuple[float, float]] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._seeds = itertools.count()
+        self._lock = threading.Lock()
+        self._one_edit = one_edit
+        self._threads = [threading.Thread(target=self._worker, daemon=True) for _ in range(concurrency)]
+        for thread in self._threads:
+            thread.start()
+
+    def _worker(self) -> None:
+        while not self._stop.is_set() and not self.errors:
+            with self._lock:
+                seed = next(self._seeds)
             began = time.perf_counter()
             try:
-                one_edit(seed)
-            except BaseException as exc:  # noqa: BLE001 - reported after the loop
-                errors.append(exc)
+                self._one_edit(seed)
+            except BaseException as exc:  # noqa: BLE001 - raised by stop()
+                self.errors.append(exc)
                 return
-            ended = time.perf_counter()
-            if window_start <= ended <= window_end:
-                with lock:
-                    latencies.append(ended - began)
+            with self._lock:
+                self.edits.append((began, time.perf_counter()))
 
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for phase, at in (("start", window_start), ("end", window_end)):
-        time.sleep(max(0.0, at - time.perf_counter()))
-        if on_window is not None:
-            on_window(phase)
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return Window(window_start, window_end, latencies)
+    def stop(self) -> None:
+        """No new edits; waits for those running to end."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
+def closed_loop(concurrency: int, warmup: float, duration: float, one_edit, on_window=None) -> Window:
+    """A LoadLoop whose edits that end inside [start + warmup, start + warmup + duration] are
+    measured; no edit starts after the window. on_window(phase) is called at the window's
+    start and end ("start", "end") for snapshots of counters."""
+    start = time.perf_counter()
+    window_start, window_end = start + warmup, start + warmup + duration
+    loop = LoadLoop(concurrency, one_edit)
+    try:
+        for phase, at in (("start", window_start), ("end", window_end)):
+            time.sleep(max(0.0, at - time.perf_counter()))
+            if on_window is not None:
+                on_window(phase)
+    finally:
+        loop.stop()
+    return Window(window_start, window_end, [ended - began for began, ended in loop.edits
+                                             if window_start <= ended <= window_end])
 
 
 def scheduler_level(level: int, duration: float, warmup: float, calls: int, predict_eps: EpsFn, schedule: NoiseSchedule,
