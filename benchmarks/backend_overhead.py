@@ -36,15 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from service.backends.onnx import OnnxScoreModel
+from service.backends.registry import ModelRegistry
 from service.backends.triton import load_triton_models
 from service.backends.triton_local import LocalTriton
 from service.backends.variants import write_cpu_repository
 from service.config import PROJECT_ROOT, load_settings
-from service.editing import EditService
-from service.imaging import encode_png
-from service.models import ModelRegistry
-from service.requests import EditRequestData
-from service.sdedit import build_schedule
+from service.pipeline.editing import EditService
+from service.pipeline.imaging import encode_png
+from service.pipeline.requests import EditRequestData
+from service.sde import build_schedule
 
 REPOSITORY = PROJECT_ROOT / "model_repository"
 NEAR_ZERO_MODEL = "gaussian-vp"

@@ -30,7 +30,7 @@
     call and CPU per tick from the server's metrics, busy from the valve's time in calls.
 (b) A simulated accelerator: a backend whose call costs a + b * images seconds of sleep (the
     GIL released, no CPU) and returns zeros, at 3x256x256 (the shapes of the exact-score RGB
-    Gaussian, service/oracle_models.py gaussian_model(spec, 0.0, 0.5, channels=3); its compute
+    Gaussian, service/backends/oracle.py gaussian_model(spec, 0.0, 0.5, channels=3); its compute
     replaced by the sleep; calls from several threads run one at a time), driven through a
     BatchScheduler directly (no gRPC, decode or encode: the scheduler and the step arithmetic
     only), closed loop, --calls calls per edit, at each of --sim-depths pipeline depths.
@@ -64,8 +64,8 @@ from benchmarks.scheduler_loop import CPU_BATCH, LoadLoop, percentile, scheduler
 from service.backends.onnx import OnnxScoreModel  # noqa: E402
 from service.client import Client, build_request  # noqa: E402
 from service.config import PROJECT_ROOT, load_settings  # noqa: E402
-from service.imaging import encode_png  # noqa: E402
-from service.sdedit import EditParams, SDESpec, build_schedule  # noqa: E402
+from service.pipeline.imaging import encode_png  # noqa: E402
+from service.sde import EditParams, SDESpec, build_schedule  # noqa: E402
 from tests.servers import InProcessServer, test_settings  # noqa: E402
 
 REPOSITORY = PROJECT_ROOT / "model_repository"

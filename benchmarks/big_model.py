@@ -36,7 +36,7 @@ from service.backends.onnx import OnnxScoreModel  # noqa: E402
 from service.backends.repository import load_model_info  # noqa: E402
 from service.client import Client, build_request  # noqa: E402
 from service.config import load_settings  # noqa: E402
-from service.imaging import encode_png  # noqa: E402
+from service.pipeline.imaging import encode_png  # noqa: E402
 
 CHURCH_YML = """\
 data:

@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.client import Client, build_request
-from service.imaging import encode_png
+from service.pipeline.imaging import encode_png
 from tests.redis_server import RedisServer
 from tests.servers import InProcessServer, test_settings
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.scheduler_loop import scheduler_level  # noqa: E402
-from service.sdedit import EditParams, SDESpec, build_schedule  # noqa: E402
+from service.sde import EditParams, SDESpec, build_schedule  # noqa: E402
 
 T0 = 0.5
 SAMPLER = "dpmpp_2m_sde"

@@ -36,8 +36,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from benchmarks.quality_metrics import kid, l2_faithfulness, paint_over, simulate_strokes
 from service.backends.onnx import OnnxScoreModel
 from service.config import load_settings
-from service.imaging import to_pixels
-from service.sdedit import EditParams, build_schedule, run_sdedit
+from service.pipeline.imaging import to_pixels
+from service.sde import EditParams, build_schedule, run_sdedit
 from training.digits import load_split, to_model_range
 
 ROOT = Path(__file__).resolve().parent.parent

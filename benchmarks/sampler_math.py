@@ -8,7 +8,7 @@ sigma_s^2. Every sampler step is then affine in (x, D_prev) plus independent noi
 
 so the pair u = (x, D_prev) stays jointly Gaussian and a 2x2 covariance recursion gives the
 exact law of the output of any sampler, spacing and number of calls. The coefficients are
-written here from the samplers' published formulas, independently of service/sdedit (which
+written here from the samplers' published formulas, independently of service/sde (which
 this module only uses for the schedule table and the level plan).
 
 The exact answers (no discretisation) for a constant guide g, start level with (alpha, sigma):
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from service.sdedit.schedules import NoiseSchedule, plan_levels, start_level
+from service.sde.schedules import NoiseSchedule, plan_levels, start_level
 
 DETERMINISTIC = ("ddim", "dpmpp_2m")  # ddim with eta = 0
 

@@ -2,7 +2,7 @@
 
     python benchmarks/samplers.py [--guides 100] [--skip-digits] [--out DIR]
 
-1. Exact-score Gaussian models (service.oracle_models, data N(0.25, s^2) per pixel, s = 0.2,
+1. Exact-score Gaussian models (service.backends.oracle, data N(0.25, s^2) per pixel, s = 0.2,
    0.3, 0.5; VP, and VE for s = 0.3), served by an in-process `sdedit` server and edited
    through gRPC: every sampler and spacing at 5, 10, 20, 50 calls and the full schedule,
    t0 = 0.3, 0.5, 0.8, a constant guide -0.6. Each edit returns float32 .npy outputs; their
@@ -35,11 +35,11 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from benchmarks.sampler_math import exact_law, is_deterministic, sampler_law
 from sdedit.v1 import sdedit_pb2 as pb
+from service.backends.oracle import gaussian_model
 from service.backends.repository import model_parameters, write_model
 from service.client import Client, build_request
-from service.imaging import decode_npy, encode_png
-from service.oracle_models import gaussian_model
-from service.sdedit.schedules import SDESpec, build_schedule
+from service.pipeline.imaging import decode_npy, encode_png
+from service.sde.schedules import SDESpec, build_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 MU = 0.25
@@ -141,8 +141,8 @@ def digits_rows(guides: int, calls=(10, 20, 50), t0s=(0.3, 0.5), batch: int = 10
     from benchmarks.quality_metrics import simulate_strokes
     from service.backends.onnx import OnnxScoreModel
     from service.config import load_settings
-    from service.imaging import to_pixels
-    from service.sdedit import EditParams, run_sdedit
+    from service.pipeline.imaging import to_pixels
+    from service.sde import EditParams, run_sdedit
     from training.digits import load_split, to_model_range
 
     settings = load_settings(env={})

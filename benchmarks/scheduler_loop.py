@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.batching import BatchScheduler, TickStats
-from service.sdedit import EditParams, EditTrajectory, GaussianNoise, NoiseSchedule
+from service.sde import EditParams, EditTrajectory, GaussianNoise, NoiseSchedule
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 CPU_BATCH = 8  # issue 12's target: CPU per sample-step outside the network at batch 8

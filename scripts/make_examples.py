@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.imaging import encode_png
+from service.pipeline.imaging import encode_png
 from training.digits import load_split
 
 OUT = Path(__file__).resolve().parent.parent / "examples"

@@ -2,7 +2,7 @@
 network call per step.
 
 A BatchScheduler holds each admitted edit as an explicit state (an EditTrajectory from
-service/sdedit/engine.py: its samples, levels, sampler history, generators, mask, repeat
+service/sde/engine.py: its samples, levels, sampler history, generators, mask, repeat
 counter) and runs ticks on its own thread: one network call on the concatenation of the
 chosen edits' samples, each sample with its own timestep, then every chosen edit advances by
 its own step. Edits join and leave between ticks (continuous batching); an edit always brings
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.sdedit import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.sde import EditCancelled, EditResult, EditTrajectory, StepEvent
 
 log = logging.getLogger(__name__)
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import grpc
 
+from service.client.connection import add_connection_arguments, connection_from_args
 from service.config import SettingsError, add_arguments, load_settings
-from service.connection import add_connection_arguments, connection_from_args
 from service.errors import BackendError, ModelConfigError
-from service.tenants import TokensFileError
+from service.tenancy.tenants import TokensFileError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")

@@ -1,4 +1,4 @@
-"""The service's typed errors. One place (service/api/status.py) maps them to gRPC codes."""
+"""The service's typed errors. One place (service/transport/grpc/status.py) maps them to gRPC codes."""
 
 from __future__ import annotations
 

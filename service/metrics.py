@@ -40,14 +40,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from service.errors import BackendError
-from service.procmem import peak_rss_bytes
+from service.pipeline.procmem import peak_rss_bytes
 
 if TYPE_CHECKING:
-    from service.admission import Admission
     from service.backends.base import ModelInfo
     from service.batching import TickStats
     from service.cache import CacheStats
-    from service.requests import EditOutcome
+    from service.pipeline.admission import Admission
+    from service.pipeline.requests import EditOutcome
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                    30.0, 60.0, 120.0, 300.0, 600.0)
@@ -87,7 +87,7 @@ class Metrics:
         self.rpc_handling_seconds = Histogram("grpc_server_handling_seconds", "time from an RPC's start to its status",
                                               RPC_LABELS, buckets=LATENCY_BUCKETS, registry=r)
 
-        # the HTTP/JSON door (service/http/): route is the route's template, "unmatched" for
+        # the HTTP/JSON door (service/transport/http/): route is the route's template, "unmatched" for
         # unknown paths, so the label stays bounded
         self.http_requests_total = Counter("sdedit_http_requests", "HTTP requests answered, by method, route template "
                                            "and HTTP code (499: the client went away)", ("method", "route", "code"), registry=r)

@@ -11,7 +11,7 @@ load balancers route around a replica whose Triton is gone, without restarting i
 health service name `liveness` only says that this process answers (SERVING until shutdown):
 a liveness probe must not restart every replica because Triton is down.
 
-The HTTP/JSON door (service/http/, `http_port`) runs in the same event loop, on the same
+The HTTP/JSON door (service/transport/http/, `http_port`) runs in the same event loop, on the same
 servicer and gate; while draining its /healthz says 503, and it closes after the gRPC port.
 """
 
@@ -29,22 +29,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sdedit.v1 import sdedit_pb2, sdedit_pb2_grpc
-from service.api.auth import Gate
-from service.api.convert import edit_request_from_proto
-from service.api.jobs import ProtoJobCodec
-from service.api.servicer import ImageEditorServicer
-from service.api.status import StatusInterceptor
+from service.backends.registry import load_registry
 from service.cache import build_cache
 from service.config import Settings, SettingsError, redact_url
-from service.editing import EditService
-from service.http import HttpDoor
 from service.jobs import JobManager, build_job_store
 from service.jobs.webhooks import Webhooks, secret_source
 from service.metrics import Metrics
-from service.models import load_registry
-from service.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
-from service.tenants import TokensFile, TokensFileError
+from service.pipeline.editing import EditService
+from service.tenancy.auth import Gate
+from service.tenancy.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
+from service.tenancy.tenants import TokensFile, TokensFileError
 from service.tls import SSLContextFiles, is_loopback, server_credentials
+from service.transport.grpc.convert import edit_request_from_proto
+from service.transport.grpc.jobs import ProtoJobCodec
+from service.transport.grpc.servicer import ImageEditorServicer
+from service.transport.grpc.status import StatusInterceptor
+from service.transport.http import HttpDoor
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ written (a file missing or empty) keeps the certificates already served until th
 
 With a client CA, client certificates signed by it are required (mutual TLS).
 
-The HTTP port (service/http/) serves the same files through an ssl.SSLContext that follows
+The HTTP port (service/transport/http/) serves the same files through an ssl.SSLContext that follows
 them the same way: at every handshake (its SNI callback) the files are looked at, and a new
 context is built and used when they changed.
 """

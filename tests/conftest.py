@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service.backends.oracle import gaussian_model, mixture_model
 from service.backends.repository import discover_models, model_parameters, write_model
 from service.backends.triton_local import LocalTriton
 from service.backends.variants import write_cpu_repository
-from service.imaging import encode_png
-from service.oracle_models import gaussian_model, mixture_model
-from service.sdedit.schedules import SDESpec
+from service.pipeline.imaging import encode_png
+from service.sde.schedules import SDESpec
 from tests.redis_server import RedisServer
 from tests.servers import ROOT, InProcessServer, ServeProcess, test_settings
 

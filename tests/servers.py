@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.client.connection import Connection
 from service.config import Settings, load_settings
-from service.connection import Connection
 from service.server import RunningServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent

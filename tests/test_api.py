@@ -18,7 +18,7 @@ from PIL import Image
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import Client, build_request
-from service.imaging import decode_npy
+from service.pipeline.imaging import decode_npy
 from service.server import server_options
 from tests.conftest import png
 from tests.models_for_tests import counting

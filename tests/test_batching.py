@@ -15,8 +15,8 @@ from service.backends.onnx import OnnxScoreModel
 from service.batching import BatchScheduler, CallCosts, TickStats
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
-from service.imaging import decode_npy
-from service.sdedit import EditCancelled, EditParams, EditTrajectory, build_schedule, run_sdedit
+from service.pipeline.imaging import decode_npy
+from service.sde import EditCancelled, EditParams, EditTrajectory, build_schedule, run_sdedit
 from tests.conftest import png
 from tests.metrics_scrape import scrape, value
 

@@ -1,4 +1,4 @@
-"""The stroke editor page (service/http/static/) in a real Chromium: Debian's /usr/bin/chromium driven
+"""The stroke editor page (service/transport/http/static/) in a real Chromium: Debian's /usr/bin/chromium driven
 by playwright (never playwright's own browser builds), against a real server's HTTP door.
 
 A test uploads a guide, paints a stroke and a mask with real mouse events, submits a seeded job and

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import sdedit
+from service import sde
 from service.backends.base import ModelInfo
 from service.backends.onnx import OnnxScoreModel
+from service.backends.oracle import gaussian_model
+from service.backends.registry import load_registry
 from service.backends.repository import model_info_from_config, model_parameters, read_config, write_model
 from service.backends.variants import PlanProfile, cpu_config, tensorrt_plan_config
 from service.cache import ResultCache, request_key
@@ -28,11 +30,9 @@ from service.cache.redis import RedisStore
 from service.cache.stats import CacheStats
 from service.cache.store import CacheUnavailable
 from service.errors import Cancelled, ModelConfigError, Unavailable
-from service.models import load_registry
-from service.oracle_models import gaussian_model
-from service.requests import EditOutcome, EditRequestData, OutputImage
-from service.sdedit import EditParams
-from service.validation import prepare_job
+from service.pipeline.plan import prepare_job
+from service.pipeline.requests import EditOutcome, EditRequestData, OutputImage
+from service.sde import EditParams
 from tests import servers
 from tests.conftest import VP, png
 from tests.servers import wait_for
@@ -181,7 +181,7 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings, 
         fields = dict(fields)
         keys[name] = key_of(fields.pop("info", None), **fields)
     with monkeypatch.context() as patched:  # the SDE code changed its outputs (and bumped its version)
-        patched.setattr(sdedit, "ENGINE_VERSION", sdedit.ENGINE_VERSION + 1)
+        patched.setattr(sde, "ENGINE_VERSION", sde.ENGINE_VERSION + 1)
         keys["engine version"] = key_of()
     assert len(set(keys.values())) == len(keys), "two different requests share a key"
     # what does not change the output does not change the key

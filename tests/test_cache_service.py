@@ -18,10 +18,10 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_status import rpc_status
 
+from service.backends.oracle import gaussian_model
 from service.backends.repository import model_parameters, write_model
 from service.cache.codec import MAGIC, decode_entry
 from service.client import Client, build_request
-from service.oracle_models import gaussian_model
 from tests.conftest import VP, png
 from tests.models_for_tests import counting
 from tests.redis_server import RedisServer

@@ -143,10 +143,10 @@ def test_sigterm_past_the_grace_period_cancels_what_is_left_and_still_exits_zero
 
 
 def test_healthcheck_module_reads_the_servers_settings(server):
-    """`python -m service.healthcheck` (the container HEALTHCHECK) asks the port from SDEDIT_PORT."""
+    """`python -m service.client.healthcheck` (the container HEALTHCHECK) asks the port from SDEDIT_PORT."""
     def healthcheck(port: int, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "SDEDIT_HOST": "127.0.0.1", "SDEDIT_PORT": str(port)}
-        return subprocess.run([sys.executable, "-m", "service.healthcheck", *args], capture_output=True, text=True,
+        return subprocess.run([sys.executable, "-m", "service.client.healthcheck", *args], capture_output=True, text=True,
                               timeout=60, env=env)
 
     port = int(server.address.rsplit(":", 1)[1])

@@ -14,8 +14,8 @@ from service.backends.onnx import OnnxScoreModel
 from service.backends.repository import load_model_info
 from service.client import Client, build_request
 from service.config import Settings
-from service.imaging import decode_npy
-from service.sdedit.schedules import alphas_cumprod, linear_betas
+from service.pipeline.imaging import decode_npy
+from service.sde.schedules import alphas_cumprod, linear_betas
 from tests import servers
 from tests.conftest import png
 from tests.servers import ROOT, InProcessServer

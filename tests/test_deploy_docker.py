@@ -55,7 +55,7 @@ def test_nothing_is_built_or_downloaded_when_the_container_starts(stages):
     assert json.loads(final.all("ENTRYPOINT")[0]) == ["sdedit"]
     assert json.loads(final.all("CMD")[0]) == ["serve"]
     (healthcheck,) = final.all("HEALTHCHECK")
-    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["python", "-m", "service.healthcheck"]
+    assert json.loads(healthcheck.split("CMD", 1)[1]) == ["python", "-m", "service.client.healthcheck"]
     for command in (*final.all("ENTRYPOINT"), *final.all("CMD"), healthcheck):
         assert not FETCHERS.search(command), command
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

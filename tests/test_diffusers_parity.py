@@ -2,7 +2,7 @@
 
 diffusers' DDPMScheduler, DDIMScheduler and DPMSolverMultistepScheduler (dpmsolver++ and
 sde-dpmsolver++, order 2) run the same deterministic eps function from the same start, on the
-same levels, with the same noise, as our engine (service/sdedit/engine.py through
+same levels, with the same noise, as our engine (service/sde/engine.py through
 run_sdedit, whose generators are replaced by ones that hand out that noise). Outputs must
 match within 1e-5. Level k of our vp_discrete schedule is diffusers' timestep k - 1.
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.sdedit import EditParams, SDESpec, build_schedule, run_sdedit
-from service.sdedit.engine import plan_levels
+from service.sde import EditParams, SDESpec, build_schedule, run_sdedit
+from service.sde.engine import plan_levels
 
 torch = pytest.importorskip("torch", reason="the parity test needs torch (the train extra)")
 diffusers = pytest.importorskip("diffusers", reason="the parity test needs diffusers (the dev extra)")

@@ -34,11 +34,11 @@ import numpy as np
 import pytest
 
 from benchmarks.sampler_math import exact_law, is_deterministic, sampler_law
+from service.backends.oracle import gaussian_model
 from service.backends.repository import model_parameters, write_model
 from service.client import Client, build_request
-from service.imaging import decode_npy, encode_png
-from service.oracle_models import gaussian_model
-from service.sdedit.schedules import SDESpec, build_schedule
+from service.pipeline.imaging import decode_npy, encode_png
+from service.sde.schedules import SDESpec, build_schedule
 from tests import servers
 from tests.servers import InProcessServer
 

@@ -18,11 +18,11 @@ from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.admission import Admission
 from service.client import Client, build_request
-from service.editing import ProgressBacklog
 from service.errors import ResourceExhausted
-from service.requests import ProgressUpdate
+from service.pipeline.admission import Admission
+from service.pipeline.editing import ProgressBacklog
+from service.pipeline.requests import ProgressUpdate
 from tests.conftest import png
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import build_request
-from service.connection import Connection
+from service.client.connection import Connection
 from tests.certs import CertificateAuthority, ServedFiles, serial_of
 from tests.conftest import png
 from tests.models_for_tests import counting
@@ -275,7 +275,7 @@ def test_tokens_rights_and_models_are_the_grpc_ones(make_server, tmp_path, guide
 
 
 def test_another_tenants_job_is_not_found(make_server, tmp_path, guide16):
-    from service.tenants import hash_token
+    from service.tenancy.tenants import hash_token
     from tests.test_security import write_tokens
 
     tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token_sha256": [hash_token(TOKEN_A)]},

@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from sdedit.v1 import sdedit_pb2
-from service.http.routes import ROUTES
+from service.transport.http.routes import ROUTES
 from tests.conftest import png
 from tests.test_http import b64
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from service.errors import InvalidArgument
-from service.imaging import decode_image, decode_mask, encode_png, to_model_range, to_pixels
+from service.pipeline.imaging import decode_image, decode_mask, encode_png, to_model_range, to_pixels
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

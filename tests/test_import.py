@@ -24,8 +24,8 @@ from service.backends.conventions import NetworkConvention
 from service.backends.repository import load_model_info
 from service.cli import main as cli_main
 from service.client import Client, build_request
-from service.imaging import decode_npy, encode_png, to_model_range
-from service.sdedit import EditParams, GaussianNoise, SDESpec, build_schedule, run_sdedit
+from service.pipeline.imaging import decode_npy, encode_png, to_model_range
+from service.sde import EditParams, GaussianNoise, SDESpec, build_schedule, run_sdedit
 from tests.servers import InProcessServer, test_settings
 
 torch = pytest.importorskip("torch", reason="sdedit import needs torch (the train extra)")

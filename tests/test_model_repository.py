@@ -10,12 +10,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from service.backends.onnx import OnnxScoreModel
+from service.backends.oracle import write_shipped_models
+from service.backends.registry import load_registry
 from service.backends.repository import discover_models, load_model_info, read_config
 from service.config import load_settings
 from service.errors import ModelConfigError
-from service.models import load_registry
-from service.oracle_models import write_shipped_models
-from service.sdedit import build_schedule
+from service.sde import build_schedule
 from tests.servers import ROOT
 
 SHIPPED = ROOT / "model_repository"

@@ -1,6 +1,6 @@
 """SDEdit outputs against their closed-form distribution (the derivation is tests/ORACLE.md).
 
-With data N(mu, s^2 I) and the exact epsilon (the ONNX oracle of service.oracle_models, run
+With data N(mu, s^2 I) and the exact epsilon (the ONNX oracle of service.backends.oracle, run
 through OnnxScoreModel), every sampler step is x_r = a x_s + b + c z per pixel, so every SDEdit
 output pixel is exactly Gaussian. `closed_form` below recomputes (a, b, c) from the formulas
 in ORACLE.md on the schedule's alphas/sigmas -- it never calls the samplers -- and the tests
@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from service.backends.onnx import OnnxScoreModel
+from service.backends.oracle import gaussian_model
 from service.backends.repository import model_parameters, write_model
-from service.oracle_models import gaussian_model
-from service.sdedit.engine import EditParams, run_sdedit
-from service.sdedit.noise import GaussianNoise
-from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule, start_level, strided_levels
+from service.sde.engine import EditParams, run_sdedit
+from service.sde.noise import GaussianNoise
+from service.sde.schedules import NoiseSchedule, SDESpec, build_schedule, start_level, strided_levels
 from tests.stats import FAMILY_ALPHA, bonferroni_z, family_false_failure
 
 MU, S = 0.25, 0.5  # the data distribution N(MU, S^2 I)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.sdedit import EditParams, GaussianNoise, SDESpec, build_schedule, get_sampler, run_sdedit
-from service.sdedit.engine import EditCancelled
-from service.sdedit.samplers import SAMPLERS, coefficients
-from service.sdedit.schedules import alphas_cumprod, linear_betas, start_level, strided_levels
+from service.sde import EditParams, GaussianNoise, SDESpec, build_schedule, get_sampler, run_sdedit
+from service.sde.engine import EditCancelled
+from service.sde.samplers import SAMPLERS, coefficients
+from service.sde.schedules import alphas_cumprod, linear_betas, start_level, strided_levels
 
 SPECS = [SDESpec("vp_discrete"), SDESpec("vp", beta_min=0.1, beta_max=20.0), SDESpec("ve", sigma_min=0.01, sigma_max=50.0)]
 
@@ -209,7 +209,7 @@ def test_per_sample_guides_and_masks_equal_separate_runs():
         run_sdedit(fake_eps, schedule, guides[:2], None, params, [np.random.default_rng(s) for s in range(3)])
 
 
-# --- the noise streams (service/sdedit/noise.py) ---------------------------------------------------
+# --- the noise streams (service/sde/noise.py) ---------------------------------------------------
 
 NOISE_DRAWS = 1 << 20
 

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import Client, build_request
-from service.connection import Connection
+from service.client.connection import Connection
 from tests.certs import CertificateAuthority, ServedFiles, serial_of
 from tests.conftest import png
 
@@ -123,7 +123,7 @@ def write_tokens(path, tenants: list[dict]):
 
 def two_tenants(path, **light):
     """Tenant a by its token's hash (the recommended form), b by the token itself."""
-    from service.tenants import hash_token
+    from service.tenancy.tenants import hash_token
 
     return write_tokens(path, [{"name": "a", "token_sha256": [hash_token(TOKEN_A)]},
                                {"name": "b", "token": TOKEN_B, "models": ["gauss"], "methods": ["Edit"], **light}])
@@ -176,7 +176,7 @@ def test_a_tenant_uses_jobs_by_default_and_not_beyond_its_methods(make_server, t
     import json
 
     from sdedit.v1 import sdedit_pb2 as pb
-    from service.tenants import parse_tokens
+    from service.tenancy.tenants import parse_tokens
 
     srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")))
     with Client(Connection(srv.address, token=TOKEN_A)) as a:  # default methods: the job methods too
@@ -217,7 +217,7 @@ def test_reflection_and_list_models_follow_the_open_discovery_setting(make_serve
 
 
 def test_the_tokens_file_is_reloaded_when_it_changes_and_a_broken_one_is_ignored(make_server, tmp_path, guide16):
-    from service import tenants
+    from service.tenancy import tenants
 
     path = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A}])
     srv = make_server(auth_tokens_file=str(path))
@@ -245,7 +245,7 @@ def test_the_tokens_file_is_reloaded_when_it_changes_and_a_broken_one_is_ignored
     ('{"tenants": [{"name": "a", "token": "0123456789abcdef", "quota": 1}]}', "unknown field"),
 ])
 def test_a_malformed_tokens_file_is_refused_with_a_reason_that_quotes_no_token(text, message):
-    from service.tenants import TokensFileError, parse_tokens
+    from service.tenancy.tenants import TokensFileError, parse_tokens
 
     with pytest.raises(TokensFileError, match=message) as raised:
         parse_tokens(text)

@@ -24,7 +24,7 @@ def test_onnx_export_matches_pytorch():
 
 def test_exported_model_serves_through_the_embedded_backend(tmp_path):
     from service.backends.repository import model_parameters, write_model
-    from service.sdedit.schedules import SDESpec
+    from service.sde.schedules import SDESpec
 
     torch.manual_seed(1)
     model = UNet(UNetConfig(base_channels=8, groups=4, attention_heads=2)).eval()

@@ -22,13 +22,13 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from service.backends.onnx import OnnxScoreModel
+from service.backends.registry import load_registry
 from service.backends.triton import TritonConnection, TritonScoreModel, load_triton_models
 from service.backends.triton_local import free_port
 from service.client import Client, build_request
 from service.config import Settings
 from service.errors import BackendError, DeadlineExceeded, ServiceError
-from service.imaging import decode_npy
-from service.models import load_registry
+from service.pipeline.imaging import decode_npy
 from tests.conftest import png
 from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
 from tests.servers import test_settings as service_settings

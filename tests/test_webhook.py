@@ -20,8 +20,8 @@ from google.rpc import code_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
+from service.client.connection import Connection
 from service.config import SettingsError, load_settings
-from service.connection import Connection
 from service.errors import InvalidArgument
 from service.jobs.webhooks import check_url, forbidden, literal_ip, signature
 from tests.certs import CertificateAuthority, Pair

@@ -25,7 +25,7 @@ import onnxruntime as ort
 import torch
 
 from service.backends.repository import load_model_info, model_parameters, write_model
-from service.sdedit.schedules import SDESpec
+from service.sde.schedules import SDESpec
 from training.digits import HELD_OUT_PER_CLASS, SPLIT_SEED
 from training.unet import UNet, UNetConfig, count_parameters
 

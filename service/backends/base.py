@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from service.backends.conventions import DEFAULT_TIME_INPUT, NetworkConvention
-from service.sdedit.schedules import SDESpec
+from service.sde.schedules import SDESpec
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.sdedit.schedules import SDESpec, alphas_cumprod, linear_betas, ve_sigma, vp_log_alpha
+from service.sde.schedules import SDESpec, alphas_cumprod, linear_betas, ve_sigma, vp_log_alpha
 
 TIME_INPUTS = ("index", "t", "999t", "sigma")
 NETWORK_OUTPUTS = ("eps", "score")

@@ -14,7 +14,7 @@ with Triton's schema); the SDE metadata lives in its `parameters`:
     attention_downsample      self-attention runs at 1/d of the input's side (0: none)
     attention_bytes_per_entry bytes per attention-matrix entry per image
                               (the memory entries are measured by scripts/measure_model_memory.py;
-                              admission control budgets with them, service/costs.py)
+                              admission control budgets with them, service/pipeline/costs.py)
     default_steps   recommended network calls per repeat for interactive use
     default_steps   network calls per repeat of an edit with steps = 0 (DEFAULT_STEPS if absent)
     default_sampler, default_spacing   that edit's sampler and level spacing (DEFAULT_SAMPLER,
@@ -43,8 +43,8 @@ from tritonclient.grpc import model_config_pb2
 from service.backends.base import ModelInfo
 from service.backends.conventions import convention_from_parameters, convention_parameters
 from service.errors import ModelConfigError
-from service.sdedit.samplers import SAMPLERS
-from service.sdedit.schedules import SPACINGS, SDESpec
+from service.sde.samplers import SAMPLERS
+from service.sde.schedules import SPACINGS, SDESpec
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.pbtxt"

@@ -33,7 +33,7 @@ from service.backends.repository import config_parameters, content_hash, model_f
 from service.backends.shm import ShmPool
 from service.config import Settings
 from service.errors import BackendError, DeadlineExceeded, ServiceError
-from service.sdedit.schedules import SDESpec
+from service.sde.schedules import SDESpec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -6,7 +6,7 @@ every field of EditParams, taken generically so that a new one is covered, but
 preview_every), the seed, the model's name and its content hash (a new model version
 never serves an old result), the precision the backend computes in (an fp16 TensorRT
 replica and an fp32 ONNX Runtime one never share results) and the SDE code's
-ENGINE_VERSION (service/sdedit: bumped when the math changes its outputs). Keys are namespaced `<prefix>:v<schema>:<kind>:...`, so results, request_id
+ENGINE_VERSION (service/sde: bumped when the math changes its outputs). Keys are namespaced `<prefix>:v<schema>:<kind>:...`, so results, request_id
 records and locks never collide, and a schema change never reads old entries.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from service import sdedit
+from service import sde
 from service.backends.base import ModelInfo
-from service.requests import EditJob
-from service.sdedit import EditParams
+from service.pipeline.requests import EditJob
+from service.sde import EditParams
 
 SCHEMA_VERSION = 2  # bump when the fingerprint or the stored value changes meaning
 # EditParams fields that never change the output (only the progress events)
@@ -60,7 +60,7 @@ def _params(params: EditParams) -> dict[str, Any]:
 def request_key(job: EditJob, info: ModelInfo, tenant: str = "") -> RequestKey:
     header = {
         "schema": SCHEMA_VERSION,
-        "engine": sdedit.ENGINE_VERSION,
+        "engine": sde.ENGINE_VERSION,
         "model": info.name,
         "model_hash": info.content_hash,
         "precision": info.precision,

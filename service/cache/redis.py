@@ -67,7 +67,7 @@ class RedisStore:
 
     @property
     def client(self) -> aioredis.Redis:
-        """The connection pool, shared with the tenants' quotas (service/quotas.py)."""
+        """The connection pool, shared with the tenants' quotas (service/tenancy/quotas.py)."""
         return self._redis
 
     async def _call(self, pending: Awaitable[T]) -> T:

@@ -23,13 +23,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from service.config import Settings
-from service.editing import EditService
 from service.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEvent, JobProgress, JobRecord, new_job_id
 from service.jobs.store import Claim, JobStore, JobStoreUnavailable
 from service.jobs.webhooks import Webhooks
-from service.requests import EditOutcome, EditRequestData
-from service.tenants import ANONYMOUS, Tenant
+from service.pipeline.editing import EditService
+from service.pipeline.requests import EditOutcome, EditRequestData
+from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_SECONDS = 1.0  # a job refused by admission (every slot and queue place taken) waits this long

@@ -5,7 +5,7 @@
 
 Terminal states are sticky: a replica that finishes late (its lease was taken over) never
 overwrites the first ending. The request, the events and the result are opaque bytes to the
-jobs layer; the transport encodes them (service/api/jobs.py), so protobuf never reaches here.
+jobs layer; the transport encodes them (service/transport/grpc/jobs.py), so protobuf never reaches here.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
-from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)

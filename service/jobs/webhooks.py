@@ -52,7 +52,7 @@ from service.config import Settings, SettingsError
 from service.errors import InvalidArgument
 from service.jobs.records import JobCodec, JobRecord
 from service.jobs.store import JobStore, JobStoreUnavailable
-from service.tenants import SecretError, TokensFile, read_secret, webhook_secret_of
+from service.tenancy.tenants import SecretError, TokensFile, read_secret, webhook_secret_of
 
 log = logging.getLogger(__name__)
 FIELD = "job.webhook_url"

@@ -18,7 +18,7 @@ import grpc
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import SAMPLERS, SPACINGS
-from service.connection import Connection, connection_from_args
+from service.client.connection import Connection, connection_from_args
 from service.loadtest.plots import plots_available, write_plots
 from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, build_report, format_report
 from service.loadtest.runner import LoadPlan, Runner, open_channel

@@ -41,7 +41,7 @@ import numpy as np
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.connection import Connection
+from service.client.connection import Connection
 from service.loadtest.workload import RequestSpec, Workload
 
 

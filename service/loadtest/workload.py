@@ -17,7 +17,7 @@ import numpy as np
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import SAMPLER_NAMES, SPACING_NAMES, build_request
-from service.imaging import encode_png
+from service.pipeline.imaging import encode_png
 
 FIXED, FRESH = "fixed", "fresh"
 

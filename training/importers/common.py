@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from service.backends.conventions import convention_from_parameters
 from service.backends.repository import load_model_info, model_parameters, write_model
-from service.sdedit.schedules import SDESpec, build_schedule
+from service.sde.schedules import SDESpec, build_schedule
 
 OPSET = 17
 TOLERANCE = 1e-4  # fp32 export vs PyTorch, max abs over eps

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from service.sdedit.schedules import SDESpec
+from service.sde.schedules import SDESpec
 from training.importers import ImportFailed
 from training.importers.common import ImportOptions, Network, content_digest, write_imported
 from training.reference_unet import ReferenceConfig, ReferenceUNet, count_parameters

@@ -5,16 +5,16 @@ schedule has x_k = alpha_k * x_0 + sigma_k * eps. Level 0 is the clean image (al
 sigma = 0); levels 1..N are the network's timesteps. The network predicts eps.
 """
 
-from service.sdedit.engine import EditCancelled, EditParams, EditResult, EditTrajectory, StepEvent, run_sdedit
-from service.sdedit.noise import GaussianNoise
-from service.sdedit.samplers import SAMPLERS, Sampler, get_sampler
-from service.sdedit.schedules import NoiseSchedule, SDESpec, build_schedule
+from service.sde.engine import EditCancelled, EditParams, EditResult, EditTrajectory, StepEvent, run_sdedit
+from service.sde.noise import GaussianNoise
+from service.sde.samplers import SAMPLERS, Sampler, get_sampler
+from service.sde.schedules import NoiseSchedule, SDESpec, build_schedule
 
 # The version of this package's outputs: part of every result cache key. Bump it in the
 # change that makes any edit give other samples for the same inputs and seed (a sampler's
 # update, a schedule, the masking, how the noise is drawn), so no replica serves results
 # of the old code as if they were the new code's.
-ENGINE_VERSION = 2  # 2: the noise is drawn by Box-Muller (service/sdedit/noise.py), no longer numpy's ziggurat
+ENGINE_VERSION = 2  # 2: the noise is drawn by Box-Muller (service/sde/noise.py), no longer numpy's ziggurat
 
 __all__ = [
     "ENGINE_VERSION",

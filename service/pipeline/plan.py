@@ -8,21 +8,21 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
+from service.backends.registry import LoadedModel
 from service.config import Settings
-from service.costs import RequestCost, most_samples_within, request_cost, response_bytes
 from service.errors import InvalidArgument
-from service.imaging import decode_image, decode_mask, image_size, to_model_range
-from service.models import LoadedModel
-from service.requests import EditJob, EditRequestData
-from service.sdedit import EditParams
-from service.sdedit.engine import max_steps, plan_levels
-from service.sdedit.samplers import (
+from service.pipeline.costs import RequestCost, most_samples_within, request_cost, response_bytes
+from service.pipeline.imaging import decode_image, decode_mask, image_size, to_model_range
+from service.pipeline.requests import EditJob, EditRequestData
+from service.sde import EditParams
+from service.sde.engine import max_steps, plan_levels
+from service.sde.samplers import (
     EULER_MARUYAMA_MAX_VARIANCE_ERROR,
     SAMPLERS,
     euler_maruyama_variance_error,
     reference_sampler,
 )
-from service.sdedit.schedules import SPACINGS
+from service.sde.schedules import SPACINGS
 
 MAX_REQUEST_ID = 128
 SEED_MODULUS = 1 << 64

@@ -1,4 +1,4 @@
-"""The HTTP face of the one error model: a google.rpc.Status (from service/api/status.py's
+"""The HTTP face of the one error model: a google.rpc.Status (from service/transport/grpc/status.py's
 status_for, or carried by an aborted call) becomes an HTTP code and the AIP-193 JSON error
 
     {"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "...", "details": [...]}}
@@ -16,8 +16,8 @@ import re
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from service.api.status import ERROR_DOMAIN
 from service.errors import InvalidArgument
+from service.transport.grpc.status import ERROR_DOMAIN
 
 # gRPC code -> HTTP code (google.rpc.Code's own table, with 499 for CANCELLED).
 HTTP_CODES = {

@@ -9,7 +9,7 @@ from service.backends.base import ScoreModel
 from service.backends.repository import discover_models
 from service.config import Settings
 from service.errors import InvalidArgument, ModelConfigError, echo
-from service.sdedit.schedules import NoiseSchedule, build_schedule
+from service.sde.schedules import NoiseSchedule, build_schedule
 
 log = logging.getLogger(__name__)
 

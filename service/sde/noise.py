@@ -1,6 +1,6 @@
 """Each sample's Gaussian noise: one stream of standard normals per seed.
 
-The engine draws a sample's noise from its own stream (service/sdedit/engine.py): the start
+The engine draws a sample's noise from its own stream (service/sde/engine.py): the start
 noise of each repeat, then per step the sampler's and the mask's. Drawing it was most of the
 CPU of a step outside the network (numpy's float32 ziggurat: 1.7-2.9 ms per 3x256x256 image
 on this project's 2-core machines, against 0.3-0.7 ms for all of a step's arithmetic), so the

@@ -1,5 +1,5 @@
-"""The HTTP routes, in one table: the door (service/http/door.py) registers its handlers from
-it and the OpenAPI document (service/http/openapi.py) describes its paths from it, so the two
+"""The HTTP routes, in one table: the door (service/transport/http/door.py) registers its handlers from
+it and the OpenAPI document (service/transport/http/openapi.py) describes its paths from it, so the two
 cannot disagree. Each route that does a gRPC method's work names it (`rpc`): the gate checks
 the caller's rights on that name, and the servicer's method of that name answers.
 """

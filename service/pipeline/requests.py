@@ -1,6 +1,6 @@
 """Plain request and result types: what the transport hands the service and gets back.
 
-No protobuf here: service/api/convert.py maps messages to and from these.
+No protobuf here: service/transport/grpc/convert.py maps messages to and from these.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.backends.base import ModelInfo
-from service.sdedit import EditParams
+from service.sde import EditParams
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ messages they reach: google.rpc.Status, google.protobuf.Any, Timestamp), followi
 JSON mapping that google.protobuf.json_format speaks: lowerCamelCase names, 64-bit integers
 as decimal strings, bytes as base64 strings, enums by name, Timestamps as RFC 3339 strings.
 So they cannot drift from the proto. The paths come from the route table
-(service/http/routes.py), the one place the routes are declared.
+(service/transport/http/routes.py), the one place the routes are declared.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from importlib import metadata
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from sdedit.v1 import sdedit_pb2
-from service.http.routes import ROUTES, Route
+from service.transport.http.routes import ROUTES, Route
 
 INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
 UINT32 = {"type": "integer", "format": "int32", "minimum": 0, "maximum": 2**32 - 1}

@@ -6,8 +6,8 @@ the Gate authenticates the `Authorization` header as that method's metadata, the
 the Gate admits it (rights on its model, quotas; the lease is released when the call ends),
 the tenant is set for the call, and the ImageEditorServicer's method of that name answers,
 with a small context (a deadline from `Request-Timeout`; an abort raises). Errors go through
-service/api/status.py's status_for, then become an HTTP code and the AIP-193 JSON error
-(service/http/errors.py). Job events are Server-Sent Events from the servicer's WatchJob.
+service/transport/grpc/status.py's status_for, then become an HTTP code and the AIP-193 JSON error
+(service/transport/http/errors.py). Job events are Server-Sent Events from the servicer's WatchJob.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
-from service.api.auth import Gate
-from service.api.servicer import ImageEditorServicer
-from service.api.status import status_for
 from service.errors import InvalidArgument
-from service.http.errors import HttpError, error_body, http_error, json_dumps, parse_error_argument, transport_error
-from service.http.routes import ROUTES, Route
-from service.tenants import reset_current_tenant, set_current_tenant
+from service.tenancy.auth import Gate
+from service.tenancy.tenants import reset_current_tenant, set_current_tenant
+from service.transport.grpc.servicer import ImageEditorServicer
+from service.transport.grpc.status import status_for
+from service.transport.http.errors import HttpError, error_body, http_error, json_dumps, parse_error_argument, transport_error
+from service.transport.http.routes import ROUTES, Route
 
 log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -408,7 +408,7 @@ class HttpDoor:
 
     async def openapi(self, request: web.Request, route: Route) -> web.StreamResponse:
         if self._openapi is None:
-            from service.http.openapi import openapi_document
+            from service.transport.http.openapi import openapi_document
 
             self._openapi = json_dumps(openapi_document()).encode()
         return web.Response(body=self._openapi, content_type="application/json")

@@ -15,7 +15,7 @@ With s_k = 0 and mu_k real images this is the exact score of that small data set
 network a perfect model trained on it would be. Tests use these to check SDEdit outputs
 against closed-form distributions; `digits-mixture` serves real digits with no training.
 
-    python -m service.oracle_models --repository model_repository
+    python -m service.backends.oracle --repository model_repository
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from service.backends.repository import model_parameters, write_model
-from service.sdedit.schedules import SDESpec, build_schedule
+from service.sde.schedules import SDESpec, build_schedule
 
 OPSET = 17
 
@@ -72,7 +72,7 @@ class _Graph:
 
 
 def _alpha_sigma(g: _Graph, spec: SDESpec, dtype=np.float32) -> tuple[str, str]:
-    """alpha(t), sigma(t) as [B] tensors of `dtype`, exactly as service.sdedit.schedules defines them."""
+    """alpha(t), sigma(t) as [B] tensors of `dtype`, exactly as service.sde.schedules defines them."""
     onnx_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     if spec.sde_type == "vp_discrete":
         schedule = build_schedule(spec)

@@ -22,20 +22,20 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from service.admission import Admission
+from service.backends.registry import LoadedModel, ModelRegistry
 from service.batching import BatchScheduler
 from service.cache import RequestKey, ResultCache, request_key
 from service.config import Settings, SettingsError
 from service.errors import Cancelled, DeadlineExceeded
-from service.imaging import NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, composite_kept, encode_npy, encode_png, to_pixels
 from service.metrics import Metrics
-from service.models import LoadedModel, ModelRegistry
-from service.procmem import rss_bytes
-from service.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
-from service.sdedit import EditCancelled, EditResult, EditTrajectory, GaussianNoise, StepEvent
-from service.sdedit.engine import plan_levels
-from service.tenants import ANONYMOUS, Tenant
-from service.validation import RequestPlan, decode_job, plan_request
+from service.pipeline.admission import Admission
+from service.pipeline.imaging import NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, composite_kept, encode_npy, encode_png, to_pixels
+from service.pipeline.plan import RequestPlan, decode_job, plan_request
+from service.pipeline.procmem import rss_bytes
+from service.pipeline.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
+from service.sde import EditCancelled, EditResult, EditTrajectory, GaussianNoise, StepEvent
+from service.sde.engine import plan_levels
+from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
 

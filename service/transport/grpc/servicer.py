@@ -12,18 +12,18 @@ from grpc_status import rpc_status
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.api.convert import (
+from service.errors import InvalidArgument
+from service.jobs import JobEnd, JobManager
+from service.pipeline.editing import EditService
+from service.pipeline.requests import EditOutcome
+from service.tenancy.tenants import current_tenant
+from service.transport.grpc.convert import (
     edit_request_from_proto,
     edit_response_to_proto,
     model_info_to_proto,
     progress_to_proto,
 )
-from service.api.jobs import job_to_proto
-from service.editing import EditService
-from service.errors import InvalidArgument
-from service.jobs import JobEnd, JobManager
-from service.requests import EditOutcome
-from service.tenants import current_tenant
+from service.transport.grpc.jobs import job_to_proto
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

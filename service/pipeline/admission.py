@@ -1,5 +1,5 @@
 """Admission control: a fixed number of edits run at once, a bounded number wait, and every
-admitted edit's memory estimate (service/costs.py) is held against one budget.
+admitted edit's memory estimate (service/pipeline/costs.py) is held against one budget.
 
 A request is admitted *before* its images are decoded (`reserve`, with the bytes its
 message and decoded inputs will hold): when those bytes do not fit what the requests already

@@ -11,10 +11,10 @@
 
 Every status carries a google.rpc.ErrorInfo with a stable reason and domain "sdedit.v1".
 
-It is also the one interceptor for the cross-cutting policy (service/api/auth.py): before a
+It is also the one interceptor for the cross-cutting policy (service/tenancy/auth.py): before a
 handler runs, the caller's token is checked (before the request is even parsed), then its
 rights on the request and its quotas; the tenant reaches the handler as plain data
-(service.tenants.current_tenant()), never the token.
+(service.tenancy.tenants.current_tenant()), never the token.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.api.auth import Gate
 from service.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -44,7 +43,8 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.tenants import reset_current_tenant, set_current_tenant
+from service.tenancy.auth import Gate
+from service.tenancy.tenants import reset_current_tenant, set_current_tenant
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "sdedit.v1"

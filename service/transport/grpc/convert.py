@@ -5,8 +5,8 @@ from __future__ import annotations
 from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.base import ModelInfo
 from service.errors import InvalidArgument
-from service.requests import EditOutcome, EditRequestData, ProgressUpdate
-from service.sdedit.samplers import reference_sampler
+from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.sde.samplers import reference_sampler
 
 SAMPLER_NAMES = {
     pb.SAMPLER_UNSPECIFIED: "",

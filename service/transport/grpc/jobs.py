@@ -10,10 +10,10 @@ from google.protobuf import json_format, timestamp_pb2
 from google.rpc import status_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
-from service.api.convert import edit_request_from_proto, edit_response_to_proto, progress_to_proto
-from service.api.status import status_for
 from service.jobs import JobRecord
-from service.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.transport.grpc.convert import edit_request_from_proto, edit_response_to_proto, progress_to_proto
+from service.transport.grpc.status import status_for
 
 JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
               "failed": pb.JOB_STATE_FAILED, "cancelled": pb.JOB_STATE_CANCELLED}

@@ -23,7 +23,7 @@ deliberate choice, not the paper's: the reference code re-noises at the step's *
 (alpha_s, one level too noisy for the output it is mixed with) with one draw per repeat, and
 the paper's Algorithm 3, as far as we can read it, also uses the input level, with fresh noise.
 
-Every sample has its own noise stream (service/sdedit/noise.py GaussianNoise, one per seed;
+Every sample has its own noise stream (service/sde/noise.py GaussianNoise, one per seed;
 any object with numpy.random.Generator's standard_normal will do) and draws, in a fixed order,
 the start noise of each repeat, then per step the sampler noise (if any) and the mask noise
 (if a mask), so a sample's output depends on its own seed only, not on the batch it ran in.
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.sdedit.samplers import INITIAL_STATE, SamplerState, coefficients, get_sampler
-from service.sdedit.schedules import NoiseSchedule, start_level
-from service.sdedit.schedules import plan_levels as plan_schedule_levels
+from service.sde.samplers import INITIAL_STATE, SamplerState, coefficients, get_sampler
+from service.sde.schedules import NoiseSchedule, start_level
+from service.sde.schedules import plan_levels as plan_schedule_levels
 
 EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 

@@ -1,12 +1,12 @@
-"""Who is calling, and may they: the policy the interceptor (service/api/status.py) applies
+"""Who is calling, and may they: the policy the interceptor (service/transport/grpc/status.py) applies
 before any handler runs. Handlers never see a token; they read the Tenant (plain data) from
-service.tenants.current_tenant().
+service.tenancy.tenants.current_tenant().
 
 - grpc.health.v1 is always open (probes carry no token).
 - With --open-discovery, reflection and ListModels are open too.
 - Anything else needs `authorization: Bearer <token>`: none, or a token no tenant holds ->
   UNAUTHENTICATED; a tenant calling a method or naming a model beyond its rights ->
-  PERMISSION_DENIED; over its quota (service/quotas.py) -> RESOURCE_EXHAUSTED with RetryInfo.
+  PERMISSION_DENIED; over its quota (service/tenancy/quotas.py) -> RESOURCE_EXHAUSTED with RetryInfo.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from service.errors import PermissionDenied, Unauthenticated
-from service.tenants import ANONYMOUS, Tenant, TokensFile
+from service.tenancy.tenants import ANONYMOUS, Tenant, TokensFile
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DISCOVERY_METHODS = frozenset({"/sdedit.v1.ImageEditor/ListModels",
@@ -48,7 +48,7 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
 class Gate:
     def __init__(self, tokens: TokensFile | None, *, open_discovery: bool = False, default_model: str = "",
                  observer: GateObserver | None = None, quotas=None, work_of: Callable[[object], int] | None = None):
-        """quotas: service.quotas.Quotas (None: no quotas); work_of(request) -> its work in
+        """quotas: service.tenancy.quotas.Quotas (None: no quotas); work_of(request) -> its work in
         network calls x images (raises the request's InvalidArgument)."""
         self.tokens = tokens
         self.open_discovery = open_discovery

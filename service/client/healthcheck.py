@@ -1,4 +1,4 @@
-"""`python -m service.healthcheck`: exit 0 when the local `sdedit serve` reports SERVING.
+"""`python -m service.client.healthcheck`: exit 0 when the local `sdedit serve` reports SERVING.
 
 For container runtimes without native gRPC probes (Docker's HEALTHCHECK, compose). It reads
 the same settings as the server (SDEDIT_* environment, so the same port) and asks
@@ -15,8 +15,8 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.client.connection import Connection, add_connection_arguments, connection_from_args
 from service.config import SettingsError, load_settings
-from service.connection import Connection, add_connection_arguments, connection_from_args
 
 
 def check(address: str | Connection, service: str, timeout: float) -> str:
@@ -31,7 +31,7 @@ def check(address: str | Connection, service: str, timeout: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.healthcheck", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m service.client.healthcheck", description=__doc__.splitlines()[0])
     parser.add_argument("--service", default="", help="health service name: '' (readiness, default) or 'liveness'")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     parser.add_argument("--address", default="", help="HOST:PORT (default: this host, the port of the SDEDIT_* settings)")

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.sdedit.schedules import NoiseSchedule
+from service.sde.schedules import NoiseSchedule
 
 
 @dataclass(frozen=True)

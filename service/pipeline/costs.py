@@ -1,6 +1,6 @@
 """What a request costs, estimated before anything is decoded: memory, response size, work.
 
-Admission (service/admission.py) holds every edit's estimate against one memory budget, so
+Admission (service/pipeline/admission.py) holds every edit's estimate against one memory budget, so
 no legal request can take the process past it; validation refuses at once what could never
 fit. The estimates are upper bounds built from what a model declares in its config.pbtxt
 (`memory_bytes_per_pixel`, `attention_downsample`, `attention_bytes_per_entry`, measured

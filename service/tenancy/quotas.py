@@ -1,6 +1,6 @@
 """Per-tenant quotas, shared by every replica through Redis (in memory without it).
 
-Two limits per tenant (service/tenants.py): `max_in_flight`, edits admitted at once, and
+Two limits per tenant (service/tenancy/tenants.py): `max_in_flight`, edits admitted at once, and
 `work_per_minute`, network calls x images (a 16-sample request of 20 steps costs 320, 16
 times a single one), a token bucket that refills `work_per_minute` per minute up to that
 much. Both are checked and taken in one atomic step: a Lua script on Redis (the result
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.errors import PermissionDenied, QuotaExceeded, Unavailable
-from service.tenants import Tenant
+from service.tenancy.tenants import Tenant
 
 log = logging.getLogger(__name__)
 IN_FLIGHT_RETRY_SECONDS = 1.0  # an edit ends when it ends; one second is a fair guess

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.connection import MAX_MESSAGE, Connection
+from service.client.connection import MAX_MESSAGE, Connection
 
 SAMPLERS = {None: pb.SAMPLER_UNSPECIFIED, "ddpm": pb.SAMPLER_DDPM, "ddim": pb.SAMPLER_DDIM,
             "euler_maruyama": pb.SAMPLER_EULER_MARUYAMA, "dpmpp_2m": pb.SAMPLER_DPMPP_2M,
