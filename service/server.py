@@ -35,12 +35,12 @@ from service.config import Settings, SettingsError, redact_url
 from service.jobs import JobManager, build_job_store
 from service.jobs.webhooks import Webhooks, secret_source
 from service.metrics import Metrics
+from service.pipeline.calls import SUBMIT_EDIT, CallPipeline
 from service.pipeline.editing import EditService
 from service.tenancy.auth import Gate
 from service.tenancy.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
 from service.tenancy.tenants import TokensFile, TokensFileError
 from service.tls import SSLContextFiles, is_loopback, server_credentials
-from service.transport.grpc.convert import edit_request_from_proto
 from service.transport.grpc.jobs import ProtoJobCodec
 from service.transport.grpc.servicer import ImageEditorServicer
 from service.transport.grpc.status import StatusInterceptor
@@ -84,6 +84,7 @@ class RunningServer:
     health_port: int | None = None
     http: HttpDoor | None = None  # --http-port: the HTTP/JSON door
     http_port: int | None = None
+    serving: bool = False  # what grpc.health.v1 says for the whole server (the HTTP door's /healthz)
 
     @property
     def address(self) -> str:
@@ -91,6 +92,7 @@ class RunningServer:
         return f"{host}:{self.port}"
 
     async def set_health(self, serving: bool) -> None:
+        self.serving = serving
         for name in ("", SERVICE_NAME):
             await self.health.set(name, SERVING if serving else NOT_SERVING)
 
@@ -100,6 +102,7 @@ class RunningServer:
         started = time.monotonic()
         if self.watcher is not None:
             self.watcher.cancel()
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         self.service.admission.start_draining()
         log.info("draining: %d edits in flight, up to %.0f s", self.service.admission.in_flight, grace)
@@ -147,13 +150,15 @@ async def start_server(settings: Settings) -> RunningServer:
     try:
         gate = build_gate(settings, service, metrics)
         webhooks = Webhooks(settings, secret_source(settings, gate.tokens), metrics)
-        gate.precheck = job_precheck(webhooks)
     except (TokensFileError, SettingsError):
         await service.aclose()
         raise
-    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, gate)], options=server_options(settings))
     jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks,
                       tenant_of=gate.tokens.tenant if gate.tokens is not None else None)
+    calls = CallPipeline(gate, service.plan, prechecks={
+        # a SubmitEdit whose webhook URL will be refused is refused before its work is charged
+        SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)})
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, calls)], options=server_options(settings))
     servicer = ImageEditorServicer(service, jobs)
     sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -193,7 +198,7 @@ async def start_server(settings: Settings) -> RunningServer:
         await running.health_server.start()
     if settings.http_port >= 0:
         try:
-            running.http = HttpDoor(settings, servicer, gate, health_servicer, metrics, http_ssl_context(settings))
+            running.http = HttpDoor(settings, servicer, calls, lambda: running.serving, metrics, http_ssl_context(settings))
             running.http_port = await running.http.start()
         except OSError:
             await server.stop(0)
@@ -235,24 +240,8 @@ def build_gate(settings: Settings, service: EditService, metrics: Metrics) -> Ga
                         timeout=settings.redis_timeout_seconds, observer=metrics)
         log.info("tenant quotas: %s", "in redis, shared by the replicas" if store is not None else
                  "in memory, this replica's own")
-
-    def work_of(request) -> int:
-        return service.work(edit_request_from_proto(request))
-
     return Gate(tokens, open_discovery=settings.open_discovery, default_model=service.registry.default,
-                observer=metrics, quotas=quotas, work_of=work_of)
-
-
-def job_precheck(webhooks: Webhooks):
-    """A SubmitEdit whose webhook URL will be refused is refused before its quota is charged."""
-    def precheck(tenant, method: str, request) -> None:
-        if method == SUBMIT_EDIT and request.job.webhook_url:
-            webhooks.check(request.job.webhook_url, tenant.name)
-
-    return precheck
-
-
-SUBMIT_EDIT = "/sdedit.v1.ImageEditor/SubmitEdit"
+                observer=metrics, quotas=quotas)
 
 
 def warn_if_open(settings: Settings) -> None:

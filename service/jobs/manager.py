@@ -28,7 +28,8 @@ from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEven
 from service.jobs.store import Claim, JobStore, JobStoreUnavailable
 from service.jobs.webhooks import Webhooks
 from service.pipeline.editing import EditService
-from service.pipeline.requests import EditOutcome, EditRequestData
+from service.pipeline.plan import RequestPlan, decode_plan, encode_plan
+from service.pipeline.requests import EditOutcome
 from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,19 @@ class JobManager:
 
     # --- the API ------------------------------------------------------------------------------
 
-    async def submit(self, req: EditRequestData, request: bytes, priority: int = 0, owner: str = "",
-                     webhook_url: str = "") -> JobRecord:
-        self.service.validate(req)  # the cheap checks now: a bad request is refused, not queued
+    def check_webhook(self, webhook_url: str, owner: str = "") -> None:
+        """A job's webhook URL, checked before the job is charged or queued (InvalidArgument)."""
         if webhook_url:
             if self.webhooks is None:
                 raise InvalidArgument("job.webhook_url", "this service delivers no webhooks")
             self.webhooks.check(webhook_url, owner)
+
+    async def submit(self, plan: RequestPlan, priority: int = 0, owner: str = "", webhook_url: str = "") -> JobRecord:
+        """Queues a planned edit (its webhook URL checked by check_webhook): the job stores the
+        plan, and the worker that claims it runs it as it was planned here."""
         record = JobRecord(id=new_job_id(), owner=owner, priority=priority, created=time.time(),
                            webhook_url=webhook_url, webhook_state="waiting" if webhook_url else "")
-        await self._store(self.store.submit(record, request, self.settings.job_ttl_seconds))
+        await self._store(self.store.submit(record, encode_plan(plan), self.settings.job_ttl_seconds))
         self.service.metrics.jobs_submitted_total.inc()
         self._wake.set()
         log.info("job %s queued (priority %d)", record.id[:8], priority)
@@ -233,12 +237,12 @@ class JobManager:
                     await edit
 
     async def _edit(self, job_id: str, request: bytes, owner: str = "") -> EditOutcome:
-        req = self.codec.decode_request(request)
+        plan = decode_plan(request, self.service.registry)
         tenant = (self.tenant_of(owner) if self.tenant_of is not None and owner else None) or ANONYMOUS
         if owner and tenant.name != owner:  # its tenant is gone from the tokens file: share as itself, weight 1
             tenant = Tenant(owner)
         while True:
-            stream = self.service.stream(req, tenant=tenant)
+            stream = self.service.stream(plan, tenant=tenant)
             try:
                 async for item in stream:
                     if isinstance(item, EditOutcome):

@@ -4,8 +4,10 @@
     running -> queued (its replica died or stopped; another one runs it again)
 
 Terminal states are sticky: a replica that finishes late (its lease was taken over) never
-overwrites the first ending. The request, the events and the result are opaque bytes to the
-jobs layer; the transport encodes them (service/transport/grpc/jobs.py), so protobuf never reaches here.
+overwrites the first ending. A job stores its request's plan (service/pipeline/plan.py
+encode_plan), which its worker runs as it was planned at submission. The events, the result
+and the error are opaque bytes to the jobs layer; the transport encodes them
+(service/transport/grpc/jobs.py), so protobuf never reaches here.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
-from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.pipeline.requests import EditOutcome, ProgressUpdate
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -114,8 +116,6 @@ class JobEvent:
 
 class JobCodec(Protocol):
     """What the transport supplies: its own encoding of requests, events, results, errors."""
-
-    def decode_request(self, data: bytes) -> EditRequestData: ...
 
     def encode_event(self, update: ProgressUpdate) -> bytes: ...
 

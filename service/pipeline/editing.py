@@ -30,11 +30,10 @@ from service.errors import Cancelled, DeadlineExceeded
 from service.metrics import Metrics
 from service.pipeline.admission import Admission
 from service.pipeline.imaging import NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, composite_kept, encode_npy, encode_png, to_pixels
-from service.pipeline.plan import RequestPlan, decode_job, plan_request
+from service.pipeline.plan import Planner, RequestPlan, decode_job
 from service.pipeline.procmem import rss_bytes
 from service.pipeline.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
 from service.sde import EditCancelled, EditResult, EditTrajectory, GaussianNoise, StepEvent
-from service.sde.engine import plan_levels
 from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
@@ -110,6 +109,7 @@ class EditService:
         self.baseline_bytes = rss_bytes()  # the process with its models loaded
         self.admission = Admission(settings.max_active_edits, settings.max_queue,
                                    edit_budget_bytes(settings, self.baseline_bytes))
+        self.planner = Planner(registry, settings, self.admission.budget_bytes)
         self._decodes = asyncio.Semaphore(settings.max_decodes)
         self.metrics = metrics or Metrics()
         self.metrics.watch_admission(self.admission)
@@ -120,28 +120,32 @@ class EditService:
         self._schedulers_lock = threading.Lock()
         self.metrics.watch_active_edits(lambda: sum(s.active for s in list(self._schedulers.values())))
 
+    def plan(self, req: EditRequestData) -> RequestPlan:
+        """The request checked and planned (service/pipeline/plan.py): UNAVAILABLE while draining,
+        else its InvalidArgument, or its plan. The call pipeline calls this once per request."""
+        self.admission.check_open()
+        return self.planner.plan(req)
+
     async def edit(
         self,
-        req: EditRequestData,
+        plan: RequestPlan,
         deadline: float | None = None,
         on_progress: ProgressCallback | None = None,
         tenant: Tenant = ANONYMOUS,
     ) -> EditOutcome:
-        """Runs one edit. deadline: time.monotonic() value, or None. tenant: who asked (its
+        """Runs one planned edit. deadline: time.monotonic() value, or None. tenant: who asked (its
         request_ids are its own; its share of the batch follows its weight).
 
         on_progress is called from the batch scheduler's thread after every step.
         """
         received = time.perf_counter()
         self.admission.check_open()
-        model = self.registry.get(req.model)
-        # cheap checks and the cost first (no decoding), then admission, then the decode
-        plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
-                            in_process_network=self.settings.backend == "onnx")
+        model = plan.model
+        # admission on the plan's cost (nothing decoded yet), then the decode
         ticket = self.admission.reserve(plan.cost.held_bytes)
         try:
             async with self._decodes:
-                job, key = await asyncio.to_thread(self._prepare, plan, model, tenant.name)
+                job, key = await asyncio.to_thread(self._prepare, plan, tenant.name)
             self.metrics.decoded(model.info.name, job.decode_seconds)
 
             async def run() -> EditOutcome:
@@ -162,26 +166,12 @@ class EditService:
         self.metrics.edit_finished(outcome, tenant.name)
         return outcome
 
-    def work(self, req: EditRequestData) -> int:
-        """What the request asks of the network: calls x images (the tenants' work quota).
-        Raises the request's InvalidArgument, as edit() would."""
-        model = self.registry.get(req.model)
-        plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
-                            in_process_network=self.settings.backend == "onnx")
-        return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
-
-    def validate(self, req: EditRequestData) -> None:
-        """The cheap checks of `edit` (no decoding, no admission): for a job before it is queued."""
-        self.admission.check_open()
-        plan_request(req, self.registry.get(req.model), self.settings, self.admission.budget_bytes,
-                     in_process_network=self.settings.backend == "onnx")
-
-    def _prepare(self, plan: RequestPlan, model: LoadedModel, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
+    def _prepare(self, plan: RequestPlan, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
-        job = decode_job(plan, model, self.settings)
-        return job, None if self.cache is None else request_key(job, model.info, tenant)
+        job = decode_job(plan, self.settings)
+        return job, None if self.cache is None else request_key(job, plan.model.info, tenant)
 
-    async def stream(self, req: EditRequestData, deadline: float | None = None,
+    async def stream(self, plan: RequestPlan, deadline: float | None = None,
                      tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:
         """Yields progress updates, then the outcome. Closing the iterator cancels the edit."""
         loop = asyncio.get_running_loop()
@@ -190,7 +180,7 @@ class EditService:
         def on_progress(update: ProgressUpdate) -> None:
             loop.call_soon_threadsafe(updates.put, update)
 
-        task = asyncio.create_task(self.edit(req, deadline, on_progress, tenant))
+        task = asyncio.create_task(self.edit(plan, deadline, on_progress, tenant))
         getter: asyncio.Task | None = None
         try:
             while True:
@@ -273,7 +263,7 @@ class EditService:
     @staticmethod
     def _trajectory(job: EditJob, model: LoadedModel) -> EditTrajectory:
         rngs = [GaussianNoise(seed) for seed in job.seeds]
-        return EditTrajectory(model.schedule, job.guide, job.mask, job.params, rngs)
+        return EditTrajectory(model.schedule, job.guide, job.mask, job.params, rngs, job.levels)
 
     def _outcome(self, job: EditJob, model: LoadedModel, result: EditResult, sde_seconds: float) -> EditOutcome:
         encode_started = time.perf_counter()

@@ -1,14 +1,24 @@
-"""Request validation: every problem is an InvalidArgument naming the field."""
+"""Planning: a request checked once, with everything its run needs decided.
+
+`Planner.plan` is the only place a request is validated (every problem an InvalidArgument
+naming the field) and its levels planned: the call pipeline (service/pipeline/calls.py) plans
+each request once, and the edit service, the batch scheduler and a job's worker run that plan.
+A job stores its plan (`encode_plan`), so the worker that claims it runs it as submitted.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import secrets
+import struct
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
-from service.backends.registry import LoadedModel
+import numpy as np
+
+from service.backends.registry import LoadedModel, ModelRegistry
 from service.config import Settings
 from service.errors import InvalidArgument
 from service.pipeline.costs import RequestCost, most_samples_within, request_cost, response_bytes
@@ -107,17 +117,38 @@ def _check_euler_maruyama(params: EditParams, model: LoadedModel, limit: int) ->
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RequestPlan:
-    """A request checked from its scalars and image headers alone, with its cost: what
-    admission needs before anything is decoded."""
+    """A request checked from its scalars and image headers alone (nothing decoded yet), with
+    what its run needs: its model, its loop parameters and levels, its network work and its
+    memory cost (what admission holds)."""
 
     request: EditRequestData
+    model: LoadedModel
     params: EditParams
+    levels: np.ndarray  # the levels of one repeat, from the start level down
     width: int
     height: int
     num_samples: int
     cost: RequestCost
+
+    @property
+    def work(self) -> int:
+        """What the request asks of the network: calls x images (the tenants' work quota)."""
+        return len(self.levels) * self.params.repeats * self.num_samples
+
+
+class Planner:
+    """Plans requests against the served models, the settings and the memory budget for edits."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, budget_bytes: int | None):
+        self.registry, self.settings, self.budget_bytes = registry, settings, budget_bytes
+        self.plans = 0  # requests planned so far: each request is planned once (tests read it)
+
+    def plan(self, req: EditRequestData) -> RequestPlan:
+        self.plans += 1
+        return plan_request(req, self.registry.get(req.model), self.settings, self.budget_bytes,
+                            in_process_network=self.settings.backend == "onnx")
 
 
 def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, budget_bytes: int | None,
@@ -160,13 +191,13 @@ def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, b
         one = request_cost(cost_info, width, height, 1, req.output_format, request_bytes)
         raise InvalidArgument("image", f"{width}x{height} on model {info.name!r} needs about {one.total_bytes >> 20} MiB even "
                                        f"with one sample, over the {budget_bytes >> 20} MiB memory budget for edits; send a smaller image")
-    return RequestPlan(req, params, width, height, num_samples, cost)
+    return RequestPlan(req, model, params, plan_levels(params, model.schedule), width, height, num_samples, cost)
 
 
-def decode_job(plan: RequestPlan, model: LoadedModel, settings: Settings) -> EditJob:
+def decode_job(plan: RequestPlan, settings: Settings) -> EditJob:
     """Decodes the images of a planned request (CPU work: run it off the event loop)."""
     started = time.perf_counter()
-    req, info = plan.request, model.info
+    req, info = plan.request, plan.model.info
     pixels = decode_image(req.image, info.channels, settings.max_pixels)
     if pixels.shape[:2] != (plan.height, plan.width):  # the header lied
         raise InvalidArgument("image", f"decoded to {pixels.shape[1]}x{pixels.shape[0]}, its header says {plan.width}x{plan.height}")
@@ -182,6 +213,7 @@ def decode_job(plan: RequestPlan, model: LoadedModel, settings: Settings) -> Edi
         guide=to_model_range(pixels),
         mask=mask,
         params=plan.params,
+        levels=plan.levels,
         seeds=sample_seeds(req.seed, plan.num_samples),
         output_format=req.output_format,
         decode_seconds=time.perf_counter() - started,
@@ -190,4 +222,35 @@ def decode_job(plan: RequestPlan, model: LoadedModel, settings: Settings) -> Edi
 
 def prepare_job(req: EditRequestData, model: LoadedModel, settings: Settings, budget_bytes: int | None = None) -> EditJob:
     """plan_request then decode_job, for callers without admission (tests, tools)."""
-    return decode_job(plan_request(req, model, settings, budget_bytes), model, settings)
+    return decode_job(plan_request(req, model, settings, budget_bytes), settings)
+
+
+PLAN_FORMAT = b"sdedit-plan/1\n"  # a job's stored plan: this line, a length, JSON, then the image and mask bytes
+
+
+def encode_plan(plan: RequestPlan) -> bytes:
+    """The plan as bytes (what a job stores): every field of the request and of its plan."""
+    req = plan.request
+    header = json.dumps({
+        "request": {k: v for k, v in asdict(req).items() if k not in ("image", "mask")},
+        "image_bytes": len(req.image), "model": plan.model.info.name, "params": asdict(plan.params),
+        "levels": [int(level) for level in plan.levels], "width": plan.width, "height": plan.height,
+        "num_samples": plan.num_samples, "cost": asdict(plan.cost),
+    }, sort_keys=True).encode()
+    return PLAN_FORMAT + struct.pack(">I", len(header)) + header + req.image + req.mask
+
+
+def decode_plan(data: bytes, registry: ModelRegistry) -> RequestPlan:
+    """The plan encode_plan stored, on the models this replica serves (InvalidArgument "model"
+    if its model is gone; "request" if the bytes are not a plan of this version)."""
+    if not data.startswith(PLAN_FORMAT):
+        raise InvalidArgument("request", "the job's stored plan is not in this version's format (queued by another version)")
+    offset = len(PLAN_FORMAT) + 4
+    (length,) = struct.unpack(">I", data[len(PLAN_FORMAT):offset])
+    header = json.loads(data[offset:offset + length])
+    body = data[offset + length:]
+    image, mask = body[:header["image_bytes"]], body[header["image_bytes"]:]
+    request = EditRequestData(image=image, mask=mask, **header["request"])
+    return RequestPlan(request, registry.get(header["model"]), EditParams(**header["params"]),
+                       np.asarray(header["levels"], dtype=np.int64), header["width"], header["height"],
+                       header["num_samples"], RequestCost(**header["cost"]))

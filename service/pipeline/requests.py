@@ -42,6 +42,7 @@ class EditJob:
     guide: np.ndarray  # float32 [C, H, W]
     mask: np.ndarray | None  # float32 [H, W], 1 = regenerate
     params: EditParams
+    levels: np.ndarray  # the plan's levels (one repeat)
     seeds: tuple[int, ...]
     output_format: str
     decode_seconds: float

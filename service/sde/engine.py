@@ -100,7 +100,9 @@ class EditTrajectory:
     """
 
     def __init__(self, schedule: NoiseSchedule, guide: np.ndarray, mask: np.ndarray | None, params: EditParams,
-                 rngs: Sequence[np.random.Generator]):
+                 rngs: Sequence[np.random.Generator], levels: np.ndarray | None = None):
+        """levels: the planned levels of one repeat (plan_levels(params, schedule), planned once by
+        the caller); None plans them here."""
         if not 0.0 < params.t0 <= 1.0:
             raise ValueError(f"t0 must be in (0, 1], got {params.t0}")
         if params.repeats < 1:
@@ -111,7 +113,7 @@ class EditTrajectory:
         self.params = params
         self.rngs = list(rngs)
         self.sampler = get_sampler(params.sampler, params.eta)
-        self.levels = plan_levels(params, schedule)
+        self.levels = plan_levels(params, schedule) if levels is None else levels
         self.targets = np.append(self.levels[1:], 0)
         self.steps = len(self.levels)
         self.total_calls = self.steps * params.repeats

@@ -1,6 +1,5 @@
-"""Who is calling, and may they: the policy the interceptor (service/transport/grpc/status.py) applies
-before any handler runs. Handlers never see a token; they read the Tenant (plain data) from
-service.tenancy.tenants.current_tenant().
+"""Who is calling, and may they: the policy the call pipeline (service/pipeline/calls.py)
+applies before any handler runs. Handlers never see a token; they get the Tenant as plain data.
 
 - grpc.health.v1 is always open (probes carry no token).
 - With --open-discovery, reflection and ListModels are open too.
@@ -11,7 +10,7 @@ service.tenancy.tenants.current_tenant().
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from service.errors import PermissionDenied, Unauthenticated
@@ -21,9 +20,6 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 DISCOVERY_METHODS = frozenset({"/sdedit.v1.ImageEditor/ListModels",
                                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
                                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"})
-# Quotas are charged on these; a job's work is charged when it is submitted.
-EDIT_METHODS = frozenset({"/sdedit.v1.ImageEditor/Edit", "/sdedit.v1.ImageEditor/StreamEdit",
-                          "/sdedit.v1.ImageEditor/SubmitEdit"})
 
 
 class Lease(Protocol):
@@ -47,18 +43,13 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
 
 class Gate:
     def __init__(self, tokens: TokensFile | None, *, open_discovery: bool = False, default_model: str = "",
-                 observer: GateObserver | None = None, quotas=None, work_of: Callable[[object], int] | None = None):
-        """quotas: service.tenancy.quotas.Quotas (None: no quotas); work_of(request) -> its work in
-        network calls x images (raises the request's InvalidArgument)."""
+                 observer: GateObserver | None = None, quotas=None):
+        """quotas: service.tenancy.quotas.Quotas (None: no quotas)."""
         self.tokens = tokens
         self.open_discovery = open_discovery
         self.default_model = default_model
         self.observer = observer
         self.quotas = quotas
-        self.work_of = work_of
-        # precheck(tenant, method, request): the request's checks that need the handler's state
-        # (a job's webhook URL), made before a quota is charged for a request that will be refused
-        self.precheck: Callable[[Tenant, str, object], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -92,24 +83,24 @@ class Gate:
                                PermissionDenied(f"tenant {tenant.name!r} may not call {short}"))
         return tenant
 
-    async def admit(self, tenant: Tenant, method: str, request: object) -> Lease | None:
-        """Rights on the parsed request (its model), then the tenant's quotas; the lease (if
-        any) is released when the call ends."""
-        if tenant is ANONYMOUS or method not in EDIT_METHODS:
-            return None
+    def check_model(self, tenant: Tenant, model: str) -> None:
+        """An edit's rights on its model (counted as the tenant's request); raises PermissionDenied."""
+        if tenant is ANONYMOUS:
+            return
         if self.observer is not None:
             self.observer.tenant_request(tenant.name)
-        model = getattr(request, "model", "") or self.default_model
+        model = model or self.default_model
         if not tenant.may_use(model):
             raise self._reject(tenant.name, "permission_denied",
                                PermissionDenied(f"tenant {tenant.name!r} may not use model {model!r}"))
-        if self.quotas is None or (not tenant.max_in_flight and not tenant.work_per_minute):
+
+    async def lease(self, tenant: Tenant, work: int) -> Lease | None:
+        """The tenant's quotas for an edit of `work` (network calls x images): a lease to release
+        when the call ends (None: nothing to hold); raises QuotaExceeded."""
+        if tenant is ANONYMOUS or self.quotas is None or (not tenant.max_in_flight and not tenant.work_per_minute):
             return None
-        if self.precheck is not None:
-            self.precheck(tenant, method, request)
-        work = self.work_of(request) if self.work_of is not None and tenant.work_per_minute else 0
         try:
-            return await self.quotas.acquire(tenant, work)
+            return await self.quotas.acquire(tenant, work if tenant.work_per_minute else 0)
         except Exception as exc:
             quota = getattr(exc, "quota", None)
             if quota is not None and self.observer is not None:

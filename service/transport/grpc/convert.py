@@ -5,6 +5,7 @@ from __future__ import annotations
 from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.base import ModelInfo
 from service.errors import InvalidArgument
+from service.pipeline.calls import SUBMIT_EDIT, JobOptions, Parsed
 from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
 from service.sde.samplers import reference_sampler
 
@@ -51,6 +52,15 @@ def edit_request_from_proto(msg: pb.EditRequest) -> EditRequestData:
         spacing=SPACING_NAMES[msg.spacing],
         full_schedule=msg.full_schedule,
     )
+
+
+def parse_call(method: str, message, deadline: float | None = None) -> Parsed:
+    """A parsed message as the call pipeline takes it: an EditRequest with its plain request
+    (and, for SubmitEdit, its job's options)."""
+    if not isinstance(message, pb.EditRequest):
+        return Parsed(message, deadline=deadline)
+    job = JobOptions(message.job.priority, message.job.webhook_url) if method == SUBMIT_EDIT else None
+    return Parsed(message, edit_request_from_proto(message), job, deadline)
 
 
 def edit_response_to_proto(outcome: EditOutcome) -> pb.EditResponse:

@@ -1,5 +1,5 @@
-"""Jobs through the gRPC API: the codec the jobs layer stores with (protobuf bytes, so a
-job's result is byte for byte the EditResponse its edit made), Job records to messages, and
+"""Jobs through the gRPC API: the codec the jobs layer stores events, results and errors with
+(protobuf bytes, so a job's result is byte for byte the EditResponse its edit made), Job records to messages, and
 the body of a completion webhook (the Job as proto3 JSON, less the images' bytes)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from google.rpc import status_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.jobs import JobRecord
-from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
-from service.transport.grpc.convert import edit_request_from_proto, edit_response_to_proto, progress_to_proto
+from service.pipeline.requests import EditOutcome, ProgressUpdate
+from service.transport.grpc.convert import edit_response_to_proto, progress_to_proto
 from service.transport.grpc.status import status_for
 
 JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
@@ -21,9 +21,6 @@ JOB_METHOD = "/sdedit.v1.ImageEditor/SubmitEdit"  # errors of a job's run name t
 
 
 class ProtoJobCodec:
-    def decode_request(self, data: bytes) -> EditRequestData:
-        return edit_request_from_proto(pb.EditRequest.FromString(data))
-
     def encode_event(self, update: ProgressUpdate) -> bytes:
         return progress_to_proto(update).SerializeToString()
 

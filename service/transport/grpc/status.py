@@ -43,8 +43,8 @@ from service.errors import (
     Unauthenticated,
     Unavailable,
 )
-from service.tenancy.auth import Gate
-from service.tenancy.tenants import reset_current_tenant, set_current_tenant
+from service.pipeline.calls import SERVICE, CallPipeline, Parsed
+from service.transport.grpc.convert import parse_call
 
 log = logging.getLogger(__name__)
 ERROR_DOMAIN = "sdedit.v1"
@@ -63,6 +63,8 @@ _CODES: list[tuple[type[ServiceError], int]] = [
 
 
 def grpc_code(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, EndedWithStatus):
+        return _STATUS_CODES[exc.status.code]
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return _STATUS_CODES[code]
@@ -72,7 +74,17 @@ def grpc_code(exc: BaseException) -> grpc.StatusCode:
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
+class EndedWithStatus(Exception):
+    """A call that ends with a status already encoded (a failed or cancelled job's own)."""
+
+    def __init__(self, status: status_pb2.Status):
+        super().__init__(status.message)
+        self.status = status
+
+
 def status_for(exc: BaseException, method: str) -> status_pb2.Status:
+    if isinstance(exc, EndedWithStatus):
+        return exc.status
     code = next((c for kind, c in _CODES if isinstance(exc, kind)), code_pb2.INTERNAL)
     if code == code_pb2.INTERNAL:
         log.exception("internal error in %s", method, exc_info=exc)
@@ -117,9 +129,9 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler: maps exceptions to statuses; reports each RPC's start and its end
     (method, type, code, seconds) to the observer."""
 
-    def __init__(self, observer: RpcObserver | None = None, gate: Gate | None = None):
+    def __init__(self, observer: RpcObserver | None, calls: CallPipeline):
         self._observer = observer
-        self._gate = gate
+        self._calls = calls
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
                                 handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
@@ -143,7 +155,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
-        if handler.stream_stream is not None and self._gate is not None and not self._gate.is_open(method):
+        if handler.stream_stream is not None and not self._calls.gate.is_open(method):
             return grpc.stream_stream_rpc_method_handler(  # reflection
                 self._wrap_bidi(handler.stream_stream, method),
                 request_deserializer=handler.request_deserializer,
@@ -170,36 +182,30 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
             code = grpc_code(exc)
         self._observe(method, rpc_type, code, started)
 
-    async def _enter(self, method: str, raw: bytes, context, parse):
-        """Token, then parse, then rights and quotas: (request, lease, context-var token)."""
-        if self._gate is None:
-            return parse(raw), None, None
-        tenant = self._gate.authenticate(method, context.invocation_metadata())
-        request = parse(raw)
-        lease = await self._gate.admit(tenant, method, request)
-        return request, lease, set_current_tenant(tenant)
+    def _call(self, method: str, raw: bytes, context, parse):
+        """The call pipeline on this call: token, then parse, then plan, rights and quotas."""
+        async def parsed() -> Parsed:
+            remaining = context.time_remaining()
+            return parse_call(method, parse(raw), None if remaining is None else time.monotonic() + remaining)
+
+        return self._calls.call(method, context.invocation_metadata(), parsed)
 
     @staticmethod
-    def _leave(lease, tenant_token) -> None:
-        if lease is not None:
-            lease.release()
-        if tenant_token is not None:
-            reset_current_tenant(tenant_token)
+    def _request(method: str, call):
+        """ImageEditor's handlers take the admitted Call; other services (health) their message."""
+        return call if method.startswith(SERVICE) else call.message
 
     def _wrap_unary(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, UNARY)
-            lease = tenant_token = None
             try:
-                request, lease, tenant_token = await self._enter(method, request, context, parse)
-                response = await behavior(request, context)
+                async with self._call(method, request, context, parse) as call:
+                    response = await behavior(self._request(method, call), context)
             except BaseException as exc:
                 self._ended(method, UNARY, started, exc, context)
                 if isinstance(exc, Exception) and not _is_abort(exc):
                     await abort_with(context, exc, method)
                 raise
-            finally:
-                self._leave(lease, tenant_token)
             self._observe(method, UNARY, grpc.StatusCode.OK, started)
             return response
 
@@ -208,18 +214,15 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_stream(self, behavior, method: str, parse):
         async def wrapper(request, context):
             started = self._start(method, SERVER_STREAM)
-            lease = tenant_token = None
             try:
-                request, lease, tenant_token = await self._enter(method, request, context, parse)
-                async for item in behavior(request, context):
-                    yield item
+                async with self._call(method, request, context, parse) as call:
+                    async for item in behavior(self._request(method, call), context):
+                        yield item
             except BaseException as exc:
                 self._ended(method, SERVER_STREAM, started, exc, context)
                 if isinstance(exc, Exception) and not _is_abort(exc):
                     await abort_with(context, exc, method)
                 raise
-            finally:
-                self._leave(lease, tenant_token)
             self._observe(method, SERVER_STREAM, grpc.StatusCode.OK, started)
 
         return wrapper
@@ -228,7 +231,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         """Streaming requests (server reflection): the token only; not counted in the RPC metrics."""
         async def wrapper(requests, context):
             try:
-                self._gate.authenticate(method, context.invocation_metadata())
+                self._calls.authenticate(method, context.invocation_metadata())
             except Exception as exc:  # noqa: BLE001 - Unauthenticated / PermissionDenied
                 await abort_with(context, exc, method)
                 return
