@@ -86,7 +86,7 @@ class JobManager:
         record = JobRecord(id=new_job_id(), owner=owner, priority=priority, created=time.time(),
                            webhook_url=webhook_url, webhook_state="waiting" if webhook_url else "")
         await self._store(self.store.submit(record, encode_plan(plan), self.settings.job_ttl_seconds))
-        self.service.metrics.jobs_submitted_total.inc()
+        self.service.metrics.job_submitted()
         self._wake.set()
         log.info("job %s queued (priority %d)", record.id[:8], priority)
         return record
@@ -136,7 +136,7 @@ class JobManager:
 
     def _ended(self, record: JobRecord, state: str) -> None:
         """This replica ended the job (in `state`): counted; its webhook goes out now, in the background."""
-        self.service.metrics.jobs_ended_total.labels(state).inc()
+        self.service.metrics.job_ended(state)
         if record.webhook_url and self.webhooks is not None:
             self.webhooks.deliver(self.store, self.codec, record)
 
@@ -195,8 +195,8 @@ class JobManager:
             return
         log.info("job %s running (attempt %d%s)", claim.job_id[:8], started.attempts, ", reclaimed" if claim.reclaimed else "")
         metrics = self.service.metrics
-        metrics.job_runs_total.labels("reclaimed" if claim.reclaimed else "first").inc()
-        metrics.job_wait_seconds.observe(max(0.0, started.started - started.created))
+        metrics.job_started("reclaimed" if claim.reclaimed else "first")
+        metrics.job_waited(max(0.0, started.started - started.created))
         edit = asyncio.create_task(self._edit(claim.job_id, request, started.owner))
         self._running[claim.job_id] = edit
         keeper = asyncio.create_task(self._keep_lease(claim, edit))
