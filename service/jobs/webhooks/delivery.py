@@ -54,7 +54,7 @@ from service.jobs.records import JobCodec, JobRecord
 from service.jobs.store import JobStore, JobStoreUnavailable
 from service.tenants import SecretError, TokensFile, read_secret, webhook_secret_of
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__package__)  # the name the logs gave before the module became a package
 FIELD = "job.webhook_url"
 MAX_URL_LENGTH = 2048
 RETRYABLE_4XX = frozenset({408, 429})  # request timeout, too many requests: worth another try
