@@ -137,7 +137,7 @@ class EditService:
         model = self.registry.get(req.model)
         # cheap checks and the cost first (no decoding), then admission, then the decode
         plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
-                            in_process_network=self.settings.backend == "onnx")
+                            in_process_network=self.settings.in_process_network)
         ticket = self.admission.reserve(plan.cost.held_bytes)
         try:
             async with self._decodes:
@@ -167,14 +167,14 @@ class EditService:
         Raises the request's InvalidArgument, as edit() would."""
         model = self.registry.get(req.model)
         plan = plan_request(req, model, self.settings, self.admission.budget_bytes,
-                            in_process_network=self.settings.backend == "onnx")
+                            in_process_network=self.settings.in_process_network)
         return len(plan_levels(plan.params, model.schedule)) * plan.params.repeats * plan.num_samples
 
     def validate(self, req: EditRequestData) -> None:
         """The cheap checks of `edit` (no decoding, no admission): for a job before it is queued."""
         self.admission.check_open()
         plan_request(req, self.registry.get(req.model), self.settings, self.admission.budget_bytes,
-                     in_process_network=self.settings.backend == "onnx")
+                     in_process_network=self.settings.in_process_network)
 
     def _prepare(self, plan: RequestPlan, model: LoadedModel, tenant: str = "") -> tuple[EditJob, RequestKey | None]:
         """Decoding and the cache key: CPU work, run off the event loop."""
@@ -222,9 +222,8 @@ class EditService:
                 limit = self.settings.max_batch_images
                 if model.info.max_batch_size:  # Triton's config bounds one call too
                     limit = min(limit, model.info.max_batch_size)
-                depth = self.settings.pipeline_depth or (2 if self.settings.backend == "triton" else 1)
                 scheduler = BatchScheduler("x".join(map(str, key)), self.metrics.timed_network(model.info.name, model.backend.predict_eps),
-                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=depth)
+                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=self.settings.effective_pipeline_depth)
                 self._schedulers[key] = scheduler
             return scheduler
 
