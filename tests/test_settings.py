@@ -77,12 +77,44 @@ def test_the_start_up_line_masks_the_redis_password_setting():
 
 
 def test_every_setting_is_documented():
-    """Docs match the code: each setting's flag appears in the README or the deploy and metrics docs."""
+    """Docs match the code: each setting's flag appears in the README or the deploy, metrics and settings docs."""
     from tests.servers import ROOT
 
-    docs = "".join((ROOT / path).read_text() for path in ("README.md", "deploy/README.md", "docs/metrics.md"))
+    docs = "".join((ROOT / path).read_text() for path in ("README.md", "deploy/README.md", "docs/metrics.md", "docs/settings.md"))
     undocumented = [f.name for f in dataclasses.fields(Settings) if "--" + f.name.replace("_", "-") not in docs]
     assert undocumented == []
+
+
+def test_docs_settings_md_is_made_from_the_settings():
+    """docs/settings.md lists every flag, its variable, default and help as declared: a setting
+    added, renamed or changed without `make docs` fails here, naming the rows that differ."""
+    from service.config.docs import markdown
+    from tests.servers import ROOT
+
+    page, expected = (ROOT / "docs" / "settings.md").read_text(), markdown()
+    stale = [line for line in expected.splitlines() if line not in page.splitlines()]
+    extra = [line for line in page.splitlines() if line not in expected.splitlines()]
+    assert (stale, extra) == ([], []), "docs/settings.md is out of date: run `make docs`"
+    assert page == expected, "docs/settings.md is out of date: run `make docs`"
+
+
+def test_every_setting_has_a_section_and_a_row_with_its_variable_default_and_help():
+    from service.config import declared
+    from service.config.docs import markdown, shown_default
+
+    rows = [line for line in markdown().splitlines() if line.startswith("| `--")]
+    assert len(rows) == len(dataclasses.fields(Settings))
+    for d, line in zip(declared(), rows):
+        assert d.section is not None and d.help, d.name
+        assert line.startswith(f"| `{d.flag}`") and f"| `{d.env}` | {shown_default(d)} | " in line, line
+        assert d.help.split("<")[0].replace("|", "\\|") in line, line
+
+
+def test_python_m_service_config_prints_the_page(capsys):
+    from service.config.__main__ import main
+    from service.config.docs import markdown
+
+    assert main(["--markdown"]) == 0 and capsys.readouterr().out == markdown()
 
 
 @pytest.mark.parametrize("overrides, depth", [
