@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := .tools/triton/.installed
 PROMTOOL := .tools/bin/promtool
 
-.PHONY: setup triton-tools promtool triton-cpu demo test bench proto lint serve clean
+.PHONY: setup triton-tools promtool triton-cpu demo test bench proto docs lint serve clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ test: setup triton-tools promtool
 
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
+
+# docs/settings.md, from the settings' declarations (service/config); tests/test_settings.py checks it
+docs: setup
+	$(BIN)/python -m service.config --markdown > docs/settings.md
 
 lint: setup
 	$(BIN)/ruff check .

@@ -129,8 +129,8 @@ class RunningServer:
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
     options = [
-        ("grpc.max_receive_message_length", settings.max_request_mib << 20),
-        ("grpc.max_send_message_length", settings.max_message_mib << 20),
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.so_reuseport", 0),  # a busy port is an error, not a silent second server
     ]
     if settings.max_connection_age_seconds > 0:

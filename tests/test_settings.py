@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -76,11 +77,74 @@ def test_the_start_up_line_masks_the_redis_password_setting():
 
 
 def test_every_setting_is_documented():
-    """Docs match the code: each setting's flag appears in the README or the deploy and metrics docs."""
-    import dataclasses
-
+    """Docs match the code: each setting's flag appears in the README or the deploy, metrics and settings docs."""
     from tests.servers import ROOT
 
-    docs = "".join((ROOT / path).read_text() for path in ("README.md", "deploy/README.md", "docs/metrics.md"))
+    docs = "".join((ROOT / path).read_text() for path in ("README.md", "deploy/README.md", "docs/metrics.md", "docs/settings.md"))
     undocumented = [f.name for f in dataclasses.fields(Settings) if "--" + f.name.replace("_", "-") not in docs]
     assert undocumented == []
+
+
+def test_docs_settings_md_is_made_from_the_settings():
+    """docs/settings.md lists every flag, its variable, default and help as declared: a setting
+    added, renamed or changed without `make docs` fails here, naming the rows that differ."""
+    from service.config.docs import markdown
+    from tests.servers import ROOT
+
+    page, expected = (ROOT / "docs" / "settings.md").read_text(), markdown()
+    stale = [line for line in expected.splitlines() if line not in page.splitlines()]
+    extra = [line for line in page.splitlines() if line not in expected.splitlines()]
+    assert (stale, extra) == ([], []), "docs/settings.md is out of date: run `make docs`"
+    assert page == expected, "docs/settings.md is out of date: run `make docs`"
+
+
+def test_every_setting_has_a_section_and_a_row_with_its_variable_default_and_help():
+    from service.config import declared
+    from service.config.docs import markdown, shown_default
+
+    rows = [line for line in markdown().splitlines() if line.startswith("| `--")]
+    assert len(rows) == len(dataclasses.fields(Settings))
+    for d, line in zip(declared(), rows):
+        assert d.section is not None and d.help, d.name
+        assert line.startswith(f"| `{d.flag}`") and f"| `{d.env}` | {shown_default(d)} | " in line, line
+        assert d.help.split("<")[0].replace("|", "\\|") in line, line
+
+
+def test_python_m_service_config_prints_the_page(capsys):
+    from service.config.__main__ import main
+    from service.config.docs import markdown
+
+    assert main(["--markdown"]) == 0 and capsys.readouterr().out == markdown()
+
+
+@pytest.mark.parametrize("overrides, depth", [
+    (dict(), 1), (dict(backend="triton"), 2), (dict(pipeline_depth=1, backend="triton"), 1), (dict(pipeline_depth=2), 2),
+])
+def test_the_effective_pipeline_depth_follows_the_backend_when_unset(overrides, depth):
+    assert Settings(**overrides).effective_pipeline_depth == depth
+
+
+def test_derived_facts():
+    assert Settings().in_process_network and not Settings(backend="triton").in_process_network
+    assert Settings().job_store_kind == "memory" and Settings(cache="redis").job_store_kind == "redis"
+    assert Settings(cache="redis", jobs="memory").job_store_kind == "memory" and Settings(jobs="redis").job_store_kind == "redis"
+    assert Settings(redis_url="redis://a/0").job_store_url == "redis://a/0"
+    assert Settings(redis_url="redis://a/0", job_redis_url="redis://b/1").job_store_url == "redis://b/1"
+    settings = Settings(max_message_mib=3, max_request_mib=2, memory_budget_mib=5)
+    assert (settings.max_message_bytes, settings.max_request_bytes, settings.memory_budget_bytes) == (3 << 20, 2 << 20, 5 << 20)
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(SettingsError) as caught:
+        Settings(port=70000, tls_key_file="k", max_queue=-1, cache_ttl_seconds=0, job_key_prefix="sdedit",
+                 webhook_timeout_seconds=-1, triton_timeout_seconds=float("nan"), log_level="LOUD")
+    assert str(caught.value).split("; ") == [
+        "port must be in [0, 65535], got 70000",
+        "tls_cert_file and tls_key_file go together",
+        "triton_timeout_seconds must be > 0, got nan",
+        "max_queue must be >= 0, got -1",
+        "cache_ttl_seconds must be > 0, got 0",
+        "job_key_prefix must differ from cache_key_prefix: job data stay apart from the cache",
+        "webhook_timeout_seconds must be > 0, got -1",
+        "log_level must be one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
+    ]

@@ -57,7 +57,7 @@ class TritonConnection:
         self.timeout = settings.triton_timeout_seconds
         self.retry_seconds = settings.triton_retry_seconds
         self.max_batch_images = settings.max_batch_images  # shared-memory sets are sized for a full batch
-        limit = settings.max_message_mib * 1024 * 1024
+        limit = settings.max_message_bytes
         self.client = grpcclient.InferenceServerClient(self.url, channel_args=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),

@@ -28,6 +28,6 @@ def build_cache(settings: Settings) -> ResultCache | None:
         store = MemoryStore(settings.cache_memory_bytes)
     return ResultCache(store, ttl_seconds=settings.cache_ttl_seconds, max_entry_bytes=settings.cache_max_entry_bytes,
                        # request_id records: anything the server can send (a larger response fails anyway)
-                       max_request_bytes=settings.max_message_mib << 20,
+                       max_request_bytes=settings.max_message_bytes,
                        key_prefix=settings.cache_key_prefix, lock_seconds=settings.cache_lock_seconds,
                        timeout=settings.redis_timeout_seconds, retry_seconds=settings.cache_retry_seconds)

@@ -8,21 +8,14 @@ from service.jobs.records import STATES, TERMINAL, JobCodec, JobEvent, JobProgre
 from service.jobs.store import JobStore, JobStoreUnavailable, MemoryJobStore
 
 __all__ = ["STATES", "TERMINAL", "JobCodec", "JobEnd", "JobEvent", "JobManager", "JobProgress", "JobRecord", "JobStore",
-           "JobStoreUnavailable", "MemoryJobStore", "build_job_store", "jobs_backend"]
-
-
-def jobs_backend(settings: Settings) -> str:
-    """redis when asked, or (auto) when the cache is on Redis; memory otherwise."""
-    if settings.jobs == "auto":
-        return "redis" if settings.cache == "redis" else "memory"
-    return settings.jobs
+           "JobStoreUnavailable", "MemoryJobStore", "build_job_store"]
 
 
 def build_job_store(settings: Settings) -> JobStore:
-    if jobs_backend(settings) == "redis":
+    if settings.job_store_kind == "redis":
         from service.jobs.redis import RedisJobStore
 
-        return RedisJobStore(settings.job_redis_url or settings.redis_url, settings.redis_timeout_seconds,
+        return RedisJobStore(settings.job_store_url, settings.redis_timeout_seconds,
                              settings.redis_max_connections, password=settings.redis_password,
                              prefix=settings.job_key_prefix, max_events=settings.job_max_events,
                              ttl_seconds=settings.job_ttl_seconds)

@@ -92,7 +92,7 @@ class MemoryBudgetError(SettingsError):
 
 def edit_budget_bytes(settings: Settings, baseline_bytes: int) -> int:
     """What the budget leaves for edits once the process, its models and a headroom are in."""
-    budget = (settings.memory_budget_mib << 20) - baseline_bytes - HEADROOM_BYTES
+    budget = (settings.memory_budget_bytes) - baseline_bytes - HEADROOM_BYTES
     if budget <= 0:
         raise MemoryBudgetError(
             f"memory_budget_mib {settings.memory_budget_mib} does not cover the process as it starts "
@@ -212,9 +212,8 @@ class EditService:
                 limit = self.settings.max_batch_images
                 if model.info.max_batch_size:  # Triton's config bounds one call too
                     limit = min(limit, model.info.max_batch_size)
-                depth = self.settings.pipeline_depth or (2 if self.settings.backend == "triton" else 1)
                 scheduler = BatchScheduler("x".join(map(str, key)), self.metrics.timed_network(model.info.name, model.backend.predict_eps),
-                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=depth)
+                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=self.settings.effective_pipeline_depth)
                 self._schedulers[key] = scheduler
             return scheduler
 

@@ -148,7 +148,7 @@ class Planner:
     def plan(self, req: EditRequestData) -> RequestPlan:
         self.plans += 1
         return plan_request(req, self.registry.get(req.model), self.settings, self.budget_bytes,
-                            in_process_network=self.settings.backend == "onnx")
+                            in_process_network=self.settings.in_process_network)
 
 
 def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, budget_bytes: int | None,
@@ -175,7 +175,7 @@ def plan_request(req: EditRequestData, model: LoadedModel, settings: Settings, b
     request_bytes = len(req.image) + len(req.mask)
     cost_info = info if in_process_network else dataclasses.replace(info, memory_bytes_per_pixel=0.0, attention_downsample=0)
     cost = request_cost(cost_info, width, height, num_samples, req.output_format, request_bytes)
-    message_limit = settings.max_message_mib << 20
+    message_limit = settings.max_message_bytes
     if cost.response_bytes > message_limit:
         one = response_bytes(info, width, height, 1, req.output_format)
         field = "num_samples" if num_samples > 1 and one <= message_limit else "output_format"

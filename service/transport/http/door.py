@@ -61,7 +61,7 @@ class HttpDoor:
     # --- the application ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_request_mib << 20, middlewares=[self._middleware])
+        app = web.Application(client_max_size=self.settings.max_request_bytes, middlewares=[self._middleware])
         for route in ROUTES:
             app.router.add_route(route.method, route.router_path or route.path, self._handler(route), name=route.handler)
         return app
