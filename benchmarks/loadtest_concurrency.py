@@ -92,7 +92,7 @@ def print_table(results: dict) -> None:
 
 
 def markdown_table(results: dict) -> str:
-    """The README's table of these results (tests/test_docs.py checks the README carries it)."""
+    """The table of these results in docs/loadtest.md (tests/test_docs.py checks that it carries it)."""
     c = results["rows"][0]["report"]["config"]
     lines = [f"Model `{c['model']}`, t0 {c['t0']:g}, {c['steps']} steps, {c['num_samples']} sample per request, fresh seeds; "
              f"{results['duration_seconds']:g} s measured per level after {results['warmup_seconds']:g} s warm-up.",

@@ -1,5 +1,5 @@
 """Measures a model's working memory per image in ONNX Runtime and prints the config
-parameters that admission control reads (docs: README "Limits and memory").
+parameters that admission control reads (docs/operations.md, "Limits and memory").
 
     python scripts/measure_model_memory.py model_repository/digits [--sizes 128 256] [--batch 2]
 

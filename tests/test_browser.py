@@ -4,7 +4,7 @@ by playwright (never playwright's own browser builds), against a real server's H
 A test uploads a guide, paints a stroke and a mask with real mouse events, submits a seeded job and
 checks the result pixel by pixel against what the page sent; another one works with a bearer token
 (the events then come through fetch() instead of EventSource). The first saves docs/editor.png,
-the README's screenshot."""
+the screenshot of docs/editor.md."""
 
 from __future__ import annotations
 

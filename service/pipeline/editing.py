@@ -92,7 +92,7 @@ class MemoryBudgetError(SettingsError):
 
 def edit_budget_bytes(settings: Settings, baseline_bytes: int) -> int:
     """What the budget leaves for edits once the process, its models and a headroom are in."""
-    budget = (settings.memory_budget_bytes) - baseline_bytes - HEADROOM_BYTES
+    budget = settings.memory_budget_bytes - baseline_bytes - HEADROOM_BYTES
     if budget <= 0:
         raise MemoryBudgetError(
             f"memory_budget_mib {settings.memory_budget_mib} does not cover the process as it starts "
