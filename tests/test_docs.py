@@ -33,7 +33,7 @@ def test_masked_compositing_at_the_output_level_is_described_as_ours():
     masks = section(API, "## Masks")
     assert "paper's choice" not in masks
     assert "input level" in masks and "this project's choice" in masks
-    engine = (ROOT / "service" / "sdedit" / "engine.py").read_text()
+    engine = (ROOT / "service" / "sde" / "engine.py").read_text()
     docstring = engine[: engine.index('"""', 3)]
     assert "as the paper describes" not in docstring
     assert "deliberate choice" in docstring and "*input* level" in docstring
