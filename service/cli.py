@@ -14,11 +14,11 @@ import grpc
 from service.client.connection import add_connection_arguments, connection_from_args
 from service.config import SettingsError, add_arguments, load_settings
 from service.errors import BackendError, ModelConfigError
+from service.sde.samplers import SAMPLERS
+from service.sde.schedules import SPACINGS
 from service.tenancy.tenants import TokensFileError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-SAMPLER_CHOICES = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
-SPACING_CHOICES = ("time_uniform", "logsnr_uniform", "karras")
 
 
 def _client_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--full-schedule", action="store_true", help="call the network at every level from t0 down "
                       "(the reference SDEdit schedule; round(t0 x timesteps) calls; with the reference sampler unless --sampler)")
     edit.add_argument("--repeats", type=int, default=1, help="noise-then-denoise repeats K (default 1)")
-    edit.add_argument("--sampler", choices=SAMPLER_CHOICES, help="default: the model's default sampler")
-    edit.add_argument("--spacing", choices=SPACING_CHOICES, help="level spacing (default: the model's default)")
+    edit.add_argument("--sampler", choices=SAMPLERS, help="default: the model's default sampler")
+    edit.add_argument("--spacing", choices=SPACINGS, help="level spacing (default: the model's default)")
     edit.add_argument("--eta", type=float, default=0.0, help="DDIM noise (default 0: deterministic)")
     edit.add_argument("--seed", type=int, help="seed of the first sample (default random)")
     edit.add_argument("--num-samples", type=int, default=1)

@@ -23,6 +23,7 @@ from service.errors import ResourceExhausted
 from service.pipeline.admission import Admission
 from service.pipeline.editing import ProgressBacklog
 from service.pipeline.requests import ProgressUpdate
+from service.sde import Progress
 from tests.conftest import png
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting
@@ -293,7 +294,7 @@ def test_a_waiter_cancelled_just_after_it_is_woken_leaves_the_admission_idle():
 
 
 def progress(step: int, previews: tuple[bytes, ...] = ()) -> ProgressUpdate:
-    return ProgressUpdate(1, 1, step, 1000, step, 1000, 0.0, previews)
+    return ProgressUpdate(Progress(1, 1, step, 1000, step, 1000), previews)
 
 
 def test_the_progress_backlog_keeps_the_newest_events_within_its_bounds():

@@ -26,3 +26,26 @@ def test_package_is_versioned():
     assert sdedit_pb2.DESCRIPTOR.package == "sdedit.v1"
     assert set(sdedit_pb2.DESCRIPTOR.services_by_name["ImageEditor"].methods_by_name) == {
         "Edit", "StreamEdit", "ListModels", "SubmitEdit", "GetJob", "WatchJob", "CancelJob", "ListJobs"}
+
+
+def test_every_enum_value_of_the_api_has_a_name_in_the_service_tables():
+    """Samplers and spacings come from one table each (service/sde); the API's enums map onto
+    them both ways, so a sampler added to one and not the other fails here."""
+    from sdedit.v1 import sdedit_pb2 as pb
+    from service.sde.samplers import SAMPLERS
+    from service.sde.schedules import SPACINGS
+    from service.transport.grpc.names import SAMPLER_NAMES, SPACING_NAMES
+
+    assert set(SAMPLER_NAMES) == set(pb.Sampler.values()) and set(SPACING_NAMES) == set(pb.Spacing.values())
+    assert sorted(name for name in SAMPLER_NAMES.values() if name) == sorted(SAMPLERS)
+    assert sorted(name for name in SPACING_NAMES.values() if name) == sorted(SPACINGS)
+
+
+def test_the_cli_and_the_client_offer_the_table_s_samplers():
+    from service.cli import build_parser
+    from service.client import SAMPLERS as CLIENT_SAMPLERS
+    from service.sde.samplers import SAMPLERS
+
+    edit = build_parser()._subparsers._group_actions[0].choices["edit"]
+    choices = next(a.choices for a in edit._actions if a.dest == "sampler")
+    assert tuple(choices) == SAMPLERS and tuple(name for name in CLIENT_SAMPLERS if name) == SAMPLERS

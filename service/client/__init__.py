@@ -7,15 +7,11 @@ from collections.abc import Iterator
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client.connection import MAX_MESSAGE, Connection
+from service.transport.grpc.names import SAMPLER_ENUMS, SAMPLER_NAMES, SPACING_ENUMS, SPACING_NAMES
 
-SAMPLERS = {None: pb.SAMPLER_UNSPECIFIED, "ddpm": pb.SAMPLER_DDPM, "ddim": pb.SAMPLER_DDIM,
-            "euler_maruyama": pb.SAMPLER_EULER_MARUYAMA, "dpmpp_2m": pb.SAMPLER_DPMPP_2M,
-            "dpmpp_2m_sde": pb.SAMPLER_DPMPP_2M_SDE}
-SPACINGS = {None: pb.SPACING_UNSPECIFIED, "time_uniform": pb.SPACING_TIME_UNIFORM,
-            "logsnr_uniform": pb.SPACING_LOGSNR_UNIFORM, "karras": pb.SPACING_KARRAS}
-SAMPLER_NAMES = {value: name for name, value in SAMPLERS.items() if name}
-SPACING_NAMES = {value: name for name, value in SPACINGS.items() if name}
-__all__ = ["MAX_MESSAGE", "Client", "Connection", "build_request"]
+SAMPLERS = {None: pb.SAMPLER_UNSPECIFIED, **SAMPLER_ENUMS}  # None: the model's default
+SPACINGS = {None: pb.SPACING_UNSPECIFIED, **SPACING_ENUMS}
+__all__ = ["MAX_MESSAGE", "SAMPLERS", "SAMPLER_NAMES", "SPACINGS", "SPACING_NAMES", "Client", "Connection", "build_request"]
 
 
 def build_request(image: bytes, *, mask: bytes = b"", t0: float = 0.5, steps: int = 0, repeats: int = 1,

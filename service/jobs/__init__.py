@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from service.config import Settings
 from service.jobs.manager import JobEnd, JobManager
-from service.jobs.records import STATES, TERMINAL, JobCodec, JobEvent, JobProgress, JobRecord
+from service.jobs.records import STATES, TERMINAL, JobCodec, JobEvent, JobRecord
 from service.jobs.store import JobStore, JobStoreUnavailable, MemoryJobStore
 
-__all__ = ["STATES", "TERMINAL", "JobCodec", "JobEnd", "JobEvent", "JobManager", "JobProgress", "JobRecord", "JobStore",
+__all__ = ["STATES", "TERMINAL", "JobCodec", "JobEnd", "JobEvent", "JobManager", "JobRecord", "JobStore",
            "JobStoreUnavailable", "MemoryJobStore", "build_job_store"]
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.errors import Cancelled, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEvent, JobProgress, JobRecord, new_job_id
+from service.jobs.records import CANCELLED, FAILED, SUCCEEDED, JobCodec, JobEvent, JobRecord, new_job_id
 from service.jobs.store import Claim, JobStore, JobStoreUnavailable
 from service.jobs.webhooks import Webhooks
 from service.pipeline.editing import EditService
@@ -247,7 +247,7 @@ class JobManager:
                 async for item in stream:
                     if isinstance(item, EditOutcome):
                         return item
-                    await self.store.event(job_id, self.codec.encode_event(item), JobProgress.of(item))
+                    await self.store.event(job_id, self.codec.encode_event(item), item.progress)
             except ResourceExhausted:  # every slot and queue place taken by other calls: wait
                 await asyncio.sleep(BUSY_RETRY_SECONDS)
             finally:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from service.pipeline.requests import EditOutcome, ProgressUpdate
+from service.sde import Progress
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -38,23 +39,6 @@ def lane_of(priority: int) -> str:
     return LANES[0] if priority > 0 else LANES[2] if priority < 0 else LANES[1]
 
 
-@dataclass(frozen=True)
-class JobProgress:
-    """The latest step of the current run (a ProgressUpdate without its previews)."""
-
-    repeat: int
-    repeats: int
-    step: int
-    steps: int
-    network_calls: int
-    total_network_calls: int
-    elapsed_seconds: float
-
-    @classmethod
-    def of(cls, update: ProgressUpdate) -> JobProgress:
-        return cls(*(getattr(update, f.name) for f in fields(cls)))
-
-
 @dataclass
 class JobRecord:
     id: str
@@ -66,7 +50,7 @@ class JobRecord:
     started: float = 0.0
     ended: float = 0.0
     expires: float = 0.0
-    progress: JobProgress | None = None
+    progress: Progress | None = None  # the latest step of the current run
     error: bytes = b""  # the error status, as the transport encoded it
     sequence: int = 0  # events so far; the terminal event is the last
     webhook_url: str = ""  # the completion webhook (service/jobs/webhooks.py); "" = none
@@ -96,7 +80,7 @@ class JobRecord:
             priority=int(values.get("priority", 0)), attempts=int(values.get("attempts", 0)),
             created=float(values.get("created", 0)), started=float(values.get("started", 0)),
             ended=float(values.get("ended", 0)), expires=float(values.get("expires", 0)),
-            progress=JobProgress(**json.loads(progress)) if progress else None,
+            progress=Progress(**json.loads(progress)) if progress else None,
             error=values.get("error", b""), sequence=int(values.get("sequence", 0)),
             webhook_url=values.get("webhook_url", b"").decode(), webhook_state=values.get("webhook_state", b"").decode(),
             webhook_attempts=int(values.get("webhook_attempts", 0)),

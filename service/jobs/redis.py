@@ -34,8 +34,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from service.config import redact_url
-from service.jobs.records import LANES, JobEvent, JobProgress, JobRecord, lane_of
+from service.jobs.records import LANES, JobEvent, JobRecord, lane_of
 from service.jobs.store import Claim, JobStoreUnavailable
+from service.sde import Progress
 
 T = TypeVar("T")
 GROUP = "workers"
@@ -241,7 +242,7 @@ class RedisJobStore:
     async def requeue(self, job_id: str) -> None:
         await self._call(self._requeue(keys=[self._job(job_id)]))
 
-    async def event(self, job_id: str, payload: bytes, progress: JobProgress) -> int:
+    async def event(self, job_id: str, payload: bytes, progress: Progress) -> int:
         return await self._call(self._event(keys=[self._job(job_id), self._job(job_id, "events")],
                                             args=[payload, json.dumps(asdict(progress)), self.max_events,
                                                   _millis(self.ttl_seconds)]))

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from service.jobs.records import LANES, QUEUED, RUNNING, TERMINAL, JobEvent, JobProgress, JobRecord, lane_of
+from service.jobs.records import LANES, QUEUED, RUNNING, TERMINAL, JobEvent, JobRecord, lane_of
+from service.sde import Progress
 
 
 class JobStoreUnavailable(Exception):
@@ -55,7 +56,7 @@ class JobStore(Protocol):
     async def requeue(self, job_id: str) -> None:
         """running -> queued: its run stopped without an ending (the replica is stopping)."""
 
-    async def event(self, job_id: str, payload: bytes, progress: JobProgress) -> int:
+    async def event(self, job_id: str, payload: bytes, progress: Progress) -> int:
         """Appends a progress event of a running job; its sequence, or 0 when not running."""
 
     async def finish(self, job_id: str, state: str, now: float, ttl_seconds: float, result: bytes | None,
@@ -154,7 +155,7 @@ class MemoryJobStore:
         changed.set()
         self._changed[record.id] = asyncio.Event()
 
-    async def event(self, job_id: str, payload: bytes, progress: JobProgress) -> int:
+    async def event(self, job_id: str, payload: bytes, progress: Progress) -> int:
         record = self._records.get(job_id)
         if record is None or record.state != RUNNING:
             return 0

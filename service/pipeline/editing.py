@@ -237,8 +237,8 @@ class EditService:
             previews: tuple[bytes, ...] = ()
             if event.pred_original_sample is not None:
                 previews = tuple(encode_png(to_pixels(np.clip(x, -1, 1))) for x in event.pred_original_sample)
-            on_progress(ProgressUpdate(event.repeat, event.repeats, event.step, event.steps, event.network_calls,
-                                       event.total_network_calls, time.perf_counter() - started, previews))
+            progress = dataclasses.replace(event.progress, elapsed_seconds=time.perf_counter() - started)
+            on_progress(ProgressUpdate(progress, previews))
 
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)

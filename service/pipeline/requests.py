@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.backends.base import ModelInfo
-from service.sde import EditParams
+from service.sde import EditParams, Progress
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,7 @@ class EditOutcome:
 
 @dataclass(frozen=True)
 class ProgressUpdate:
-    repeat: int
-    repeats: int
-    step: int
-    steps: int
-    network_calls: int
-    total_network_calls: int
-    elapsed_seconds: float
+    """A step of a running edit, as a stream reader gets it."""
+
+    progress: Progress
     previews: tuple[bytes, ...] = ()  # PNG per sample, on preview steps only

@@ -5,7 +5,7 @@ schedule has x_k = alpha_k * x_0 + sigma_k * eps. Level 0 is the clean image (al
 sigma = 0); levels 1..N are the network's timesteps. The network predicts eps.
 """
 
-from service.sde.engine import EditCancelled, EditParams, EditResult, EditTrajectory, StepEvent, run_sdedit
+from service.sde.engine import EditCancelled, EditParams, EditResult, EditTrajectory, Progress, StepEvent, run_sdedit
 from service.sde.noise import GaussianNoise
 from service.sde.samplers import SAMPLERS, Sampler, get_sampler
 from service.sde.schedules import NoiseSchedule, SDESpec, build_schedule
@@ -25,6 +25,7 @@ __all__ = [
     "EditTrajectory",
     "GaussianNoise",
     "NoiseSchedule",
+    "Progress",
     "SDESpec",
     "Sampler",
     "StepEvent",

@@ -60,13 +60,23 @@ class EditParams:
 
 
 @dataclass(frozen=True)
-class StepEvent:
+class Progress:
+    """Where an edit is: the one progress type. The engine's step events carry it, the service
+    adds the time elapsed, a stream's update adds previews, a job's record keeps the latest,
+    and the API's Progress message is its mapping field for field."""
+
     repeat: int  # 1-based
     repeats: int
     step: int  # 1-based within the repeat
     steps: int
     network_calls: int  # made so far (per sample)
     total_network_calls: int
+    elapsed_seconds: float = 0.0  # since the edit started running (0 from the engine, which keeps no clock)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    progress: Progress
     pred_original_sample: np.ndarray | None  # [B, C, H, W], only on preview steps
 
 
@@ -209,7 +219,7 @@ class EditTrajectory:
             x = (self.regen * x + self.keep * known).astype(np.float32, copy=False)
         step = self.index + 1
         preview = self.params.preview_every and (step % self.params.preview_every == 0 or step == self.steps)
-        event = StepEvent(self.repeat, self.params.repeats, step, self.steps, self.network_calls, self.total_calls,
+        event = StepEvent(Progress(self.repeat, self.params.repeats, step, self.steps, self.network_calls, self.total_calls),
                           out.pred_original_sample if preview else None)
         self.index += 1
         if self.index == self.steps:  # the repeat ends

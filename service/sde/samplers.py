@@ -21,6 +21,7 @@ Symbols (for a step s -> r of a schedule with x_k = alpha_k x_0 + sigma_k eps):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -229,20 +230,24 @@ class DPMSolverPP2MSampler:
         return StepOutput(prev.astype(np.float32, copy=False), pred_original_sample, new_state)
 
 
-SAMPLERS = ("ddpm", "ddim", "euler_maruyama", "dpmpp_2m", "dpmpp_2m_sde")
-STOCHASTIC_SAMPLERS = ("ddpm", "euler_maruyama", "dpmpp_2m_sde")  # ddim too when eta > 0
+# The one table of samplers: name -> the sampler for an eta (DDIM's; the others ignore it).
+# Validation, the model configs, the API's enum mapping (service/transport/grpc/names.py), the
+# client and the CLI all take their names from here.
+SAMPLER_TABLE: dict[str, Callable[[float], Sampler]] = {
+    "ddpm": lambda eta: DDPMSampler(),
+    "ddim": DDIMSampler,
+    "euler_maruyama": lambda eta: EulerMaruyamaSampler(),
+    "dpmpp_2m": lambda eta: DPMSolverPP2MSampler(stochastic=False),
+    "dpmpp_2m_sde": lambda eta: DPMSolverPP2MSampler(stochastic=True),
+}
+SAMPLERS = tuple(SAMPLER_TABLE)
 
 
 def get_sampler(name: str, eta: float = 0.0) -> Sampler:
-    if name == "ddpm":
-        return DDPMSampler()
-    if name == "ddim":
-        return DDIMSampler(eta)
-    if name == "euler_maruyama":
-        return EulerMaruyamaSampler()
-    if name in ("dpmpp_2m", "dpmpp_2m_sde"):
-        return DPMSolverPP2MSampler(stochastic=name == "dpmpp_2m_sde")
-    raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    build = SAMPLER_TABLE.get(name)
+    if build is None:
+        raise ValueError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+    return build(eta)
 
 
 def reference_sampler(sde_type: str) -> str:

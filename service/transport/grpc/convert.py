@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.base import ModelInfo
 from service.errors import InvalidArgument
 from service.pipeline.calls import SUBMIT_EDIT, JobOptions, Parsed
 from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.sde import Progress
 from service.sde.samplers import reference_sampler
+from service.transport.grpc.names import SAMPLER_ENUMS, SAMPLER_NAMES, SPACING_ENUMS, SPACING_NAMES
 
-SAMPLER_NAMES = {
-    pb.SAMPLER_UNSPECIFIED: "",
-    pb.SAMPLER_DDPM: "ddpm",
-    pb.SAMPLER_DDIM: "ddim",
-    pb.SAMPLER_EULER_MARUYAMA: "euler_maruyama",
-    pb.SAMPLER_DPMPP_2M: "dpmpp_2m",
-    pb.SAMPLER_DPMPP_2M_SDE: "dpmpp_2m_sde",
-}
-SAMPLER_ENUMS = {name: value for value, name in SAMPLER_NAMES.items() if name}
-SPACING_NAMES = {
-    pb.SPACING_UNSPECIFIED: "",
-    pb.SPACING_TIME_UNIFORM: "time_uniform",
-    pb.SPACING_LOGSNR_UNIFORM: "logsnr_uniform",
-    pb.SPACING_KARRAS: "karras",
-}
-SPACING_ENUMS = {name: value for value, name in SPACING_NAMES.items() if name}
 OUTPUT_FORMATS = {pb.OUTPUT_FORMAT_UNSPECIFIED: "png", pb.OUTPUT_FORMAT_PNG: "png", pb.OUTPUT_FORMAT_NPY: "npy"}
 
 
@@ -83,12 +71,12 @@ def edit_response_to_proto(outcome: EditOutcome) -> pb.EditResponse:
     )
 
 
+def progress_message(progress: Progress) -> pb.Progress:
+    return pb.Progress(**dataclasses.asdict(progress))
+
+
 def progress_to_proto(update: ProgressUpdate) -> pb.EditEvent:
-    progress = pb.Progress(
-        repeat=update.repeat, repeats=update.repeats, step=update.step, steps=update.steps,
-        network_calls=update.network_calls, total_network_calls=update.total_network_calls,
-        elapsed_seconds=update.elapsed_seconds,
-    )
+    progress = progress_message(update.progress)
     if update.previews:
         images = [pb.Image(data=data, media_type="image/png") for data in update.previews]
         return pb.EditEvent(preview=pb.Preview(progress=progress, images=images))

@@ -12,7 +12,7 @@ from google.rpc import status_pb2
 from sdedit.v1 import sdedit_pb2 as pb
 from service.jobs import JobRecord
 from service.pipeline.requests import EditOutcome, ProgressUpdate
-from service.transport.grpc.convert import edit_response_to_proto, progress_to_proto
+from service.transport.grpc.convert import edit_response_to_proto, progress_message, progress_to_proto
 from service.transport.grpc.status import status_for
 
 JOB_STATES = {"queued": pb.JOB_STATE_QUEUED, "running": pb.JOB_STATE_RUNNING, "succeeded": pb.JOB_STATE_SUCCEEDED,
@@ -47,10 +47,7 @@ def job_to_proto(record: JobRecord) -> pb.Job:
                  create_time=_timestamp(record.created), start_time=_timestamp(record.started),
                  end_time=_timestamp(record.ended), expire_time=_timestamp(record.expires))
     if record.progress is not None:
-        p = record.progress
-        job.progress.CopyFrom(pb.Progress(repeat=p.repeat, repeats=p.repeats, step=p.step, steps=p.steps,
-                                          network_calls=p.network_calls, total_network_calls=p.total_network_calls,
-                                          elapsed_seconds=p.elapsed_seconds))
+        job.progress.CopyFrom(progress_message(record.progress))
     if record.result is not None:
         job.result.ParseFromString(record.result)
     if record.error:
