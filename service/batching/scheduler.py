@@ -107,7 +107,7 @@ class BatchScheduler:
         flights: deque[Flight] = deque()  # calls in flight, oldest first
         while True:
             with self._wake:
-                if not self._has_work(flights):
+                if not self._wait_for_work(flights):
                     return
                 launches = [] if self._closed else self._decide(len(flights))
             for batch in launches:
@@ -124,7 +124,7 @@ class BatchScheduler:
                     log.exception("batch scheduler %s: a call's steps failed", self.name)
                     self._leave(flight.batch, error=exc)
 
-    def _has_work(self, flights: deque[Flight]) -> bool:
+    def _wait_for_work(self, flights: deque[Flight]) -> bool:
         """Waits for an edit or a call in flight (lock held). False: the thread ends, after
         IDLE_EXIT_SECONDS idle (a later submit starts a new one) or once closed with no call in
         flight (the edits still active fail)."""
