@@ -1,4 +1,4 @@
-"""Step-level batching (service/batching.py): edits of one shape share one network call per
+"""Step-level batching (service/batching/): edits of one shape share one network call per
 step, and a sample's output does not depend on the batch it ran in."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from service.backends.onnx import OnnxScoreModel
-from service.batching import BatchScheduler, CallCosts, TickStats
+from service.batching import BatchScheduler, CallCosts, SplitState, TickStats, Waiting, decide_split, fair_share
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
 from service.pipeline.imaging import decode_npy
@@ -178,27 +178,28 @@ def test_call_costs_fit_the_fixed_cost_and_bound_it_before_two_sizes_are_seen():
 
 
 def test_the_split_is_probed_with_one_batch_size_known_and_kept_without_flapping():
-    from types import SimpleNamespace
+    """decide_split reads only: the hysteresis state changes where the caller keeps its answer."""
+    costs, state = CallCosts(), SplitState()
 
-    scheduler = BatchScheduler("split", lambda x, t: x, 32, pipeline_depth=2)
-    try:
-        scheduler._edits = [SimpleNamespace(trajectory=SimpleNamespace(batch=1)) for _ in range(32)]
-        scheduler.costs.add(32, 0.0444)  # edits in lockstep: only full calls seen, a <= 44.4 ms
-        scheduler._serial_per_image = 0.0005  # 16 ms of serial work per tick
-        assert scheduler._groups_now() == 2  # >= a tenth of the call: try a split once
-        scheduler.costs.add(16, 0.0252)  # now the fit: a = 6 ms < 16 ms
-        assert scheduler._groups_now() == 2
-        scheduler._serial_per_image = 0.00016  # 5.1 ms: below a, above 3/4 a: stays split
-        assert scheduler._groups_now() == 2
-        scheduler._serial_per_image = 0.0001  # 3.2 ms < 4.5 ms: one group again
-        assert scheduler._groups_now() == 1
-        scheduler._serial_per_image = 0.00016  # 5.1 ms < a: stays one group
-        assert scheduler._groups_now() == 1
-        scheduler._edits = scheduler._edits[:1]
-        assert scheduler._groups_now() == 1  # one image: nothing to split
-    finally:
-        scheduler._edits = []
-        scheduler.close()
+    def decide(images: int = 32) -> int:
+        before = SplitState(state.serial_per_image, state.split)
+        decision = decide_split(2, images, state, costs)
+        assert state == before  # a query: nothing changed
+        state.split = decision.split  # the update, as the scheduler's tick does
+        return decision.groups
+
+    costs.add(32, 0.0444)  # edits in lockstep: only full calls seen, a <= 44.4 ms
+    state.serial_per_image = 0.0005  # 16 ms of serial work per tick
+    assert decide() == 2  # >= a tenth of the call: try a split once
+    costs.add(16, 0.0252)  # now the fit: a = 6 ms < 16 ms
+    assert decide() == 2
+    state.serial_per_image = 0.00016  # 5.1 ms: below a, above 3/4 a: stays split
+    assert decide() == 2
+    state.serial_per_image = 0.0001  # 3.2 ms < 4.5 ms: one group again
+    assert decide() == 1
+    state.serial_per_image = 0.00016  # 5.1 ms < a: stays one group
+    assert decide() == 1
+    assert decide(images=1) == 1  # one image: nothing to split
 
 
 class Device:
@@ -348,28 +349,54 @@ def test_a_light_tenant_gets_its_share_of_a_full_call_at_once_behind_a_heavy_bac
     assert [t.images for t in ticks[:5]] == [4] * 5
 
 
-def test_tenants_share_full_calls_by_weight_and_one_tenant_alone_is_oldest_first(gauss):
+def simulate(edits: list[Waiting], calls: int, room: int) -> list[list[Waiting]]:
+    """The fair share alone, tick after tick, as the scheduler runs it at depth 1 when every
+    edit (`calls` calls each) was queued before the first tick: each tick's chosen edits."""
+    remaining = {edit.order: calls for edit in edits}
+    served: dict[str, float] = {}
+    ticks = []
+    while edits:
+        share = fair_share(edits, served, room)
+        served = share.served
+        ticks.append(share.chosen)
+        for edit in share.chosen:
+            remaining[edit.order] -= 1
+        edits = [edit for edit in edits if remaining[edit.order]]
+    return ticks
+
+
+def test_tenants_share_full_calls_by_weight_and_one_tenant_alone_is_oldest_first():
     """Weights 3 and 1, both with a backlog: calls of 4 images go 3 to 1. A tenant alone with
     its backlog gets every image (the share is of the call, never an idle place)."""
-    chosen: list[list[str]] = []
-    scheduler = BatchScheduler("weights", gauss.predict_eps, 4)
-    original = scheduler._choose
-
-    def recording():
-        batch = original()
-        chosen.append([e.tenant for e in batch])
-        return batch
-
-    scheduler._choose = recording
-    try:
-        with scheduler._wake:
-            a = [scheduler.submit(t, tenant="a", weight=3) for t in _edits(gauss, 8, 20)]
-            b = [scheduler.submit(t, tenant="b", weight=1) for t in _edits(gauss, 8, 20, seed=50)]
-        for f in a + b:
-            f.result(60)
-    finally:
-        scheduler.close()
+    edits = ([Waiting(order=i, images=1, tenant="a", weight=3) for i in range(8)]
+             + [Waiting(order=8 + i, images=1, tenant="b", weight=1) for i in range(8)])
+    chosen = [[e.tenant for e in batch] for batch in simulate(edits, 20, 4)]
     shared = [c for c in chosen if len(set(c)) == 2]
     assert len(shared) >= 20
     assert all(sorted(c) == ["a", "a", "a", "b"] for c in shared[:20])
     assert all(len(c) == 4 for c in chosen[:60])
+    assert sum(map(len, chosen)) == 16 * 20
+
+
+def test_the_scheduler_runs_the_fair_share_tick_by_tick(gauss):
+    """The same backlog through a BatchScheduler: every edit leaves after the tick where the
+    policy alone, simulated, gives it its last call."""
+    edits = ([Waiting(order=i, images=1, tenant="a", weight=3) for i in range(8)]
+             + [Waiting(order=8 + i, images=1, tenant="b", weight=1) for i in range(8)])
+    expected = {}
+    for tick, batch in enumerate(simulate(edits, 20, 4)):
+        for edit in batch:
+            expected[edit.order] = tick  # the last tick that has it
+    ticks: list[TickStats] = []
+    left: dict[int, int] = {}
+    scheduler = BatchScheduler("weights", gauss.predict_eps, 4, on_tick=ticks.append)
+    try:
+        with scheduler._wake:  # all queued before the first tick chooses
+            futures = ([scheduler.submit(t, tenant="a", weight=3) for t in _edits(gauss, 8, 20)]
+                       + [scheduler.submit(t, tenant="b", weight=1) for t in _edits(gauss, 8, 20, seed=50)])
+            for order, future in enumerate(futures):  # ticks are reported after their edits leave
+                future.add_done_callback(lambda _, order=order: left.__setitem__(order, len(ticks)))
+        assert all(f.result(60).network_calls == 20 for f in futures)
+    finally:
+        scheduler.close()
+    assert left == expected
