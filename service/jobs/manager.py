@@ -8,7 +8,7 @@ stops the edit within one step when the job is cancelled or the lease was taken 
 A job a replica started `job_max_attempts` times without ending (each replica died on it)
 fails rather than taking down the next one. The replica that ends a job (its worker, or the
 one answering CancelJob) delivers its completion webhook, if it has one, in the background
-(service/jobs/webhooks.py).
+(service/jobs/webhooks/).
 """
 
 from __future__ import annotations

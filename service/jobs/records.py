@@ -53,7 +53,7 @@ class JobRecord:
     progress: Progress | None = None  # the latest step of the current run
     error: bytes = b""  # the error status, as the transport encoded it
     sequence: int = 0  # events so far; the terminal event is the last
-    webhook_url: str = ""  # the completion webhook (service/jobs/webhooks.py); "" = none
+    webhook_url: str = ""  # the completion webhook (service/jobs/webhooks/); "" = none
     webhook_state: str = ""  # one of WEBHOOK_STATES once there is a webhook
     webhook_attempts: int = 0  # POSTs made
     webhook_http_status: int = 0  # of the last answer; 0 = none

@@ -134,7 +134,7 @@ class Metrics:
     def quota_store_error(self, decision: str) -> None:
         self.tenants.quota_store_error(decision)
 
-    # --- JobsObserver (service/jobs/observer.py), WebhookObserver (service/jobs/webhooks.py)
+    # --- JobsObserver (service/jobs/observer.py), WebhookObserver (service/jobs/webhooks/)
 
     def job_submitted(self) -> None:
         self.jobs.job_submitted()

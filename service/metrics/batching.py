@@ -1,4 +1,4 @@
-"""Metrics of the batch schedulers (service/batching.py) and the score network they call.
+"""Metrics of the batch schedulers (service/batching/) and the score network they call.
 
 BatchingObserver is what service/pipeline/editing.py wires into each scheduler: the network function
 wrapped by timed_network (every call timed and counted, failures by kind), batch_tick as its

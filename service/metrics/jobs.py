@@ -1,7 +1,7 @@
-"""Metrics of jobs (service/jobs/manager.py) and their completion webhooks (service/jobs/webhooks.py).
+"""Metrics of jobs (service/jobs/manager.py) and their completion webhooks (service/jobs/webhooks/).
 
 Counted by the replica that did it. JobMetrics is the JobsObserver of service/jobs/observer.py
-and the WebhookObserver of service/jobs/webhooks.py.
+and the WebhookObserver of service/jobs/webhooks/.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ event loop, encode, store.
 
 Transport-free: gRPC handlers call `edit` or `stream` with plain requests. A cache hit
 (or a duplicate of an edit in flight) never takes an admission slot. An admitted edit runs
-as a trajectory in the batch scheduler of its shape (service/batching.py), which shares one
+as a trajectory in the batch scheduler of its shape (service/batching/), which shares one
 network call per step between every active edit of that shape and checks, before every
 call, whether each edit's caller cancelled or its deadline passed; such an edit leaves
 within one step and its admission slot is freed.
@@ -204,7 +204,7 @@ class EditService:
 
     def scheduler(self, model: LoadedModel, shape: tuple[int, ...]) -> BatchScheduler:
         """The batch scheduler of one (model, channels, height, width): edits of that shape
-        share one network call per step (service/batching.py)."""
+        share one network call per step (service/batching/)."""
         key = (model.info.name, *shape)
         with self._schedulers_lock:
             scheduler = self._schedulers.get(key)

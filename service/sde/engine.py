@@ -106,7 +106,7 @@ class EditTrajectory:
     sampler's history, its generators, its mask and its repeat. A pure state machine over
     (state, network output): `network_input()` says what the network must see next,
     `advance(eps)` applies the step to the network's answer. run_sdedit drives one alone; the
-    batch scheduler (service/batching.py) drives many with one network call per step.
+    batch scheduler (service/batching/) drives many with one network call per step.
     """
 
     def __init__(self, schedule: NoiseSchedule, guide: np.ndarray, mask: np.ndarray | None, params: EditParams,

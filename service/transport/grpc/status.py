@@ -115,7 +115,7 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException, meth
 
 
 class RpcObserver(Protocol):
-    """Told when each RPC starts and ends (service/metrics.py counts them)."""
+    """Told when each RPC starts and ends (service/metrics/rpc.py counts them)."""
 
     def rpc_started(self, method: str, rpc_type: str) -> None: ...
 
