@@ -41,9 +41,10 @@ from service.backends.triton import load_triton_models
 from service.backends.triton_local import LocalTriton
 from service.backends.variants import write_cpu_repository
 from service.config import PROJECT_ROOT, load_settings
+from service.metrics import Metrics
 from service.pipeline.editing import EditService
 from service.pipeline.imaging import encode_png
-from service.pipeline.requests import EditRequestData
+from service.requests import EditRequestData
 from service.sde import build_schedule
 
 REPOSITORY = PROJECT_ROOT / "model_repository"
@@ -73,11 +74,11 @@ def edit_seconds(service: EditService, model: str, size: int, steps: int, repeat
     channels = service.registry.get(model).info.channels
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, channels), dtype=np.uint8)
     request = EditRequestData(image=encode_png(pixels), t0=0.5, model=model, steps=steps, seed=1)
-    outcome = asyncio.run(service.edit(request))
+    outcome = asyncio.run(service.edit(service.plan(request)))
     seconds = []
     for _ in range(repeats):
         started = time.perf_counter()
-        asyncio.run(service.edit(request))
+        asyncio.run(service.edit(service.plan(request)))
         seconds.append(time.perf_counter() - started)
     return float(np.median(seconds)), outcome.network_calls
 
@@ -99,7 +100,7 @@ def run(rounds: int, calls: int, edit_steps: int, work: Path) -> dict:
         loaded = {"embedded": {name: OnnxScoreModel(REPOSITORY / name, intra_op_threads=1) for name in names}}
         for backend in BACKENDS[1:]:
             loaded[backend] = {name: m for name, m in load_triton_models(settings[backend]).items() if name in names}
-        services = {b: EditService(settings[b], ModelRegistry(loaded[b], default_model)) for b in BACKENDS}
+        services = {b: EditService(settings[b], ModelRegistry(loaded[b], default_model), None, Metrics()) for b in BACKENDS}
         try:
             for name in names:
                 info = loaded["embedded"][name].info

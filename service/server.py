@@ -11,8 +11,9 @@ load balancers route around a replica whose Triton is gone, without restarting i
 health service name `liveness` only says that this process answers (SERVING until shutdown):
 a liveness probe must not restart every replica because Triton is down.
 
-The HTTP/JSON door (service/transport/http/, `http_port`) runs in the same event loop, on the same
-servicer and gate; while draining its /healthz says 503, and it closes after the gRPC port.
+The HTTP/JSON door (service/transport/http/, `http_port`) runs in the same event loop, through
+the same call pipeline (service/pipeline/calls.py) and handlers; while draining its /healthz
+says 503, and it closes after the gRPC port.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ from service.tenancy.auth import Gate
 from service.tenancy.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
 from service.tenancy.tenants import TokensFile, TokensFileError
 from service.tls import SSLContextFiles, is_loopback, server_credentials
+from service.transport.grpc.interceptor import StatusInterceptor
 from service.transport.grpc.jobs import ProtoJobCodec
 from service.transport.grpc.servicer import ImageEditorServicer
-from service.transport.grpc.status import StatusInterceptor
 from service.transport.http import HttpDoor
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.aclose()
         raise
     jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks,
-                      tenant_of=gate.tokens.tenant if gate.tokens is not None else None)
+                      tenant_of=gate.tokens.tenant if gate.tokens is not None else None, observer=metrics)
     calls = CallPipeline(gate, service.plan, prechecks={
         # a SubmitEdit whose webhook URL will be refused is refused before its work is charged
         SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)})

@@ -31,7 +31,7 @@ from service.cache.stats import CacheStats
 from service.cache.store import CacheUnavailable
 from service.errors import Cancelled, ModelConfigError, Unavailable
 from service.pipeline.plan import prepare_job
-from service.pipeline.requests import EditOutcome, EditRequestData, OutputImage
+from service.requests import EditOutcome, EditRequestData, OutputImage
 from service.sde import EditParams
 from tests import servers
 from tests.conftest import VP, png

@@ -21,8 +21,8 @@ from sdedit.v1 import sdedit_pb2_grpc
 from service.client import Client, build_request
 from service.errors import ResourceExhausted
 from service.pipeline.admission import Admission
-from service.pipeline.editing import ProgressBacklog
-from service.pipeline.requests import ProgressUpdate
+from service.pipeline.progress import ProgressBacklog
+from service.requests import ProgressUpdate
 from service.sde import Progress
 from tests.conftest import png
 from tests.metrics_scrape import scrape, value

@@ -16,7 +16,7 @@ from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, Connection, build_request
 from service.pipeline.imaging import encode_png
 from service.pipeline.plan import decode_plan, encode_plan
-from service.pipeline.requests import EditRequestData
+from service.requests import EditRequestData
 from tests.servers import wait_for
 
 TOKEN = "pipeline-token-0123456789"

@@ -15,11 +15,12 @@ one call in flight, or two with pipeline_depth 2, from the fit of the network's 
 and the fair share across tenants by weight, oldest first within one (policy.py, a pure
 function), when the active edits' samples exceed `max_batch_images`; the executor
 (executor.py) launches and lands the calls; the update lets finished edits leave and feeds the
-fit and the statistics (TickStats).
+fit and the statistics (TickStats). registry.py keeps one scheduler per shape.
 """
 
 from service.batching.costmodel import CallCosts, SplitDecision, SplitState, decide_split
 from service.batching.policy import Share, Waiting, call_room, fair_share
+from service.batching.registry import SchedulerRegistry
 from service.batching.scheduler import BatchScheduler, TickStats
 from service.batching.state import ActiveEdit
 
@@ -27,6 +28,7 @@ __all__ = [
     "ActiveEdit",
     "BatchScheduler",
     "CallCosts",
+    "SchedulerRegistry",
     "Share",
     "SplitDecision",
     "SplitState",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from service.backends.base import ModelInfo
 from service.cache.keys import SCHEMA_VERSION
-from service.pipeline.requests import EditOutcome, OutputImage
+from service.requests import EditOutcome, OutputImage
 
 MAGIC = b"SDEDIT\x00"
 _LENGTH = struct.Struct(">I")

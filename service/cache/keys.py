@@ -22,7 +22,7 @@ import numpy as np
 
 from service import sde
 from service.backends.base import ModelInfo
-from service.pipeline.requests import EditJob
+from service.requests import EditJob
 from service.sde import EditParams
 
 SCHEMA_VERSION = 2  # bump when the fingerprint or the stored value changes meaning

@@ -36,7 +36,7 @@ from service.cache.keys import KeySpace, RequestKey
 from service.cache.stats import CacheStats
 from service.cache.store import CacheStore
 from service.errors import Cancelled, DeadlineExceeded, RequestIdConflict
-from service.pipeline.requests import EditOutcome, StageTimings
+from service.requests import EditOutcome, StageTimings
 
 log = logging.getLogger(__name__)
 Compute = Callable[[], Awaitable[EditOutcome]]

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from service.pipeline.requests import EditOutcome, ProgressUpdate
+from service.requests import EditOutcome, ProgressUpdate
 from service.sde import Progress
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

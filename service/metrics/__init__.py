@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from service.batching import TickStats
     from service.cache import CacheStats
     from service.pipeline.admission import Admission
-    from service.pipeline.requests import EditOutcome
+    from service.requests import EditOutcome
 
 __all__ = ["BATCH_BUCKETS", "LATENCY_BUCKETS", "RPC_LABELS", "CacheCollector", "EpsFn", "Metrics", "MetricsServer",
            "split_method"]
@@ -74,6 +74,15 @@ class Metrics:
 
     # --- set-up --------------------------------------------------------------------------
 
+    def watch_edits(self, admission: Admission, registry, cache, active: Callable[[], int]) -> None:
+        """What the edit service has, read at scrape time: admission, the models (registry.all()
+        and its default), the result cache's counters (cache None: no cache) and the active edits."""
+        self.watch_admission(admission)
+        self.describe_models((m.info for m in registry.all()), registry.default)
+        if cache is not None:
+            self.watch_cache(cache.stats)
+        self.watch_active_edits(active)
+
     def watch_cache(self, stats: CacheStats) -> None:
         """The result cache keeps its own counters (service/cache/stats.py); they are read at scrape time."""
         self.registry.register(CacheCollector(stats))
@@ -90,7 +99,7 @@ class Metrics:
     def watch_active_edits(self, count: Callable[[], int]) -> None:
         self.batching.watch_active_edits(count)
 
-    # --- RpcObserver (service/transport/grpc/status.py), HttpObserver (rpc.py) ----------------------
+    # --- RpcObserver (service/transport/grpc/interceptor.py), HttpObserver (rpc.py) ----------------------
 
     def rpc_started(self, method: str, rpc_type: str) -> None:
         self.rpc.rpc_started(method, rpc_type)
@@ -101,7 +110,7 @@ class Metrics:
     def http_handled(self, method: str, route: str, code: int, seconds: float) -> None:
         self.rpc.http_handled(method, route, code, seconds)
 
-    # --- EditObserver (edits.py), BatchingObserver (batching.py) -------------------------
+    # --- EditServiceObserver (service/pipeline/observer.py), BatchingObserver (batching.py) -------------------------
 
     def decoded(self, model: str, seconds: float) -> None:
         self.edits.decoded(model, seconds)

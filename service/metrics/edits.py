@@ -1,14 +1,14 @@
 """Metrics of the edits themselves: their stages, admission (read at scrape time), the models, progress.
 
 Stages are timed on successful edits only; failures show in grpc_server_handled_total.
-EditObserver is what service/pipeline/editing.py tells as an edit goes; the Metrics facade implements
-it (the stages here, each tenant's share of the work in tenants.py).
+The Metrics facade is the edit service's observer (service/pipeline/observer.py): the stages
+here, each tenant's share of the work in tenants.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -18,17 +18,7 @@ from service.pipeline.procmem import peak_rss_bytes
 if TYPE_CHECKING:
     from service.backends.base import ModelInfo
     from service.pipeline.admission import Admission
-    from service.pipeline.requests import EditOutcome
-
-
-class EditObserver(Protocol):
-    def decoded(self, model: str, seconds: float) -> None: ...
-
-    def admitted(self, queue_seconds: float) -> None: ...
-
-    def edit_finished(self, outcome: EditOutcome, tenant: str = "") -> None: ...
-
-    def progress_dropped(self) -> None: ...
+    from service.requests import EditOutcome
 
 
 class EditMetrics:

@@ -1,6 +1,6 @@
 """RED metrics of the two doors: gRPC calls (named as go-grpc-prometheus names them) and HTTP/JSON requests.
 
-RpcMetrics is the RpcObserver of service/transport/grpc/status.py's interceptor and the HttpObserver
+RpcMetrics is the RpcObserver of the gRPC interceptor (service/transport/grpc/interceptor.py) and the HttpObserver
 below, which service/transport/http/door.py calls once per answered request.
 """
 

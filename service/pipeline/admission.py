@@ -1,5 +1,6 @@
 """Admission control: a fixed number of edits run at once, a bounded number wait, and every
-admitted edit's memory estimate (service/pipeline/costs.py) is held against one budget.
+admitted edit's memory estimate (service/pipeline/costs.py) is held against one budget: what
+`--memory-budget-mib` leaves once the process and its models are in (edit_budget_bytes).
 
 A request is admitted *before* its images are decoded (`reserve`, with the bytes its
 message and decoded inputs will hold): when those bytes do not fit what the requests already
@@ -20,9 +21,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from service.config import Settings, SettingsError
 from service.errors import ResourceExhausted, Unavailable
 
 MIB = 1 << 20
+HEADROOM_BYTES = 128 << 20  # gRPC buffers, the cache's working copies, the interpreter's own growth
 
 
 class Admission:
@@ -164,3 +167,17 @@ class Ticket:
         self._state = "done"
         self._admission.preparing -= 1
         self._admission._released(self._held)
+
+
+class MemoryBudgetError(SettingsError):
+    """The configured budget does not even cover the process as it starts."""
+
+
+def edit_budget_bytes(settings: Settings, baseline_bytes: int) -> int:
+    """What the budget leaves for edits once the process, its models and a headroom are in."""
+    budget = settings.memory_budget_bytes - baseline_bytes - HEADROOM_BYTES
+    if budget <= 0:
+        raise MemoryBudgetError(
+            f"memory_budget_mib {settings.memory_budget_mib} does not cover the process as it starts "
+            f"({baseline_bytes >> 20} MiB with its models, plus {HEADROOM_BYTES >> 20} MiB headroom): raise it")
+    return budget

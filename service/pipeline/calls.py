@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 
 from service.pipeline.plan import RequestPlan
-from service.pipeline.requests import EditRequestData
+from service.requests import EditRequestData
 from service.tenancy.auth import Gate
 from service.tenancy.tenants import Tenant, reset_current_tenant, set_current_tenant
 

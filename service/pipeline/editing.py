@@ -1,108 +1,46 @@
-"""The edit service: validate, look up the cache, admit, run the SDEdit loop off the
-event loop, encode, store.
+"""The edit service: run a planned edit: admit, decode, look up the cache, run the SDEdit loop
+in the batch scheduler of its shape, encode, store.
 
-Transport-free: gRPC handlers call `edit` or `stream` with plain requests. A cache hit
-(or a duplicate of an edit in flight) never takes an admission slot. An admitted edit runs
+Transport-free, and it plans nothing: the call pipeline (service/pipeline/calls.py) plans each
+request once with `plan`, and the doors call `edit` or `stream` with that RequestPlan. A cache
+hit (or a duplicate of an edit in flight) never takes an admission slot. An admitted edit runs
 as a trajectory in the batch scheduler of its shape (service/batching/), which shares one
-network call per step between every active edit of that shape and checks, before every
-call, whether each edit's caller cancelled or its deadline passed; such an edit leaves
-within one step and its admission slot is freed.
+network call per step between every active edit of that shape and checks, before every call,
+whether each edit's caller cancelled or its deadline passed; such an edit leaves within one
+step and its admission slot is freed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-
-import numpy as np
+from collections.abc import AsyncIterator
 
 from service.backends.registry import LoadedModel, ModelRegistry
-from service.batching import BatchScheduler
+from service.batching import SchedulerRegistry
 from service.cache import RequestKey, ResultCache, request_key
-from service.config import Settings, SettingsError
+from service.config import Settings
 from service.errors import Cancelled, DeadlineExceeded
-from service.metrics import Metrics
-from service.pipeline.admission import Admission
-from service.pipeline.imaging import NPY_MEDIA_TYPE, PNG_MEDIA_TYPE, composite_kept, encode_npy, encode_png, to_pixels
+from service.pipeline.admission import Admission, edit_budget_bytes
+from service.pipeline.encoding import encode_outcome
+from service.pipeline.observer import EditServiceObserver
 from service.pipeline.plan import Planner, RequestPlan, decode_job
 from service.pipeline.procmem import rss_bytes
-from service.pipeline.requests import EditJob, EditOutcome, EditRequestData, OutputImage, ProgressUpdate, StageTimings
-from service.sde import EditCancelled, EditResult, EditTrajectory, GaussianNoise, StepEvent
+from service.pipeline.progress import ProgressCallback, progress_update, with_progress
+from service.requests import EditJob, EditOutcome, EditRequestData, ProgressUpdate
+from service.sde import EditCancelled, EditTrajectory, GaussianNoise, StepEvent
 from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[ProgressUpdate], None]
-HEADROOM_BYTES = 128 << 20  # gRPC buffers, the cache's working copies, the interpreter's own growth
-STREAM_BACKLOG = 64  # progress events kept for a slow StreamEdit reader; older ones are dropped
-STREAM_PREVIEW_BYTES = 16 << 20  # preview images kept in it; past this, older previews lose their images
-
-
-class ProgressBacklog:
-    """The events a StreamEdit reader has not taken yet, bounded: a reader that stops reading
-    must not let them pile up. Progress is cumulative, so dropping the oldest loses nothing the
-    next event does not say; preview images (one per sample) are kept up to a byte bound,
-    newest first. The result never goes through here, so it is never dropped."""
-
-    def __init__(self, limit: int = STREAM_BACKLOG, preview_bytes: int = STREAM_PREVIEW_BYTES,
-                 on_drop: Callable[[], None] | None = None):
-        self.limit, self.preview_bytes = limit, preview_bytes
-        self._items: collections.deque[ProgressUpdate] = collections.deque()
-        self._ready = asyncio.Event()
-        self._on_drop = on_drop or (lambda: None)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, update: ProgressUpdate) -> None:
-        self._items.append(update)
-        held = sum(len(image) for u in self._items for image in u.previews)
-        for index, old in enumerate(self._items):
-            if held <= self.preview_bytes or index == len(self._items) - 1:
-                break
-            if old.previews:
-                held -= sum(len(image) for image in old.previews)
-                self._items[index] = dataclasses.replace(old, previews=())
-                self._on_drop()
-        if len(self._items) > self.limit:
-            self._items.popleft()
-            self._on_drop()
-        self._ready.set()
-
-    async def get(self) -> ProgressUpdate:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def drain(self) -> list[ProgressUpdate]:
-        items, self._items = list(self._items), collections.deque()
-        return items
-
-
-class MemoryBudgetError(SettingsError):
-    """The configured budget does not even cover the process as it starts."""
-
-
-def edit_budget_bytes(settings: Settings, baseline_bytes: int) -> int:
-    """What the budget leaves for edits once the process, its models and a headroom are in."""
-    budget = settings.memory_budget_bytes - baseline_bytes - HEADROOM_BYTES
-    if budget <= 0:
-        raise MemoryBudgetError(
-            f"memory_budget_mib {settings.memory_budget_mib} does not cover the process as it starts "
-            f"({baseline_bytes >> 20} MiB with its models, plus {HEADROOM_BYTES >> 20} MiB headroom): raise it")
-    return budget
-
 
 class EditService:
-    def __init__(self, settings: Settings, registry: ModelRegistry, cache: ResultCache | None = None,
-                 metrics: Metrics | None = None):
+    def __init__(self, settings: Settings, registry: ModelRegistry, cache: ResultCache | None,
+                 metrics: EditServiceObserver):
+        """metrics: told of every edit and tick (service/metrics/ Metrics)."""
         self.settings = settings
         self.registry = registry
         self.cache = cache
@@ -111,14 +49,9 @@ class EditService:
                                    edit_budget_bytes(settings, self.baseline_bytes))
         self.planner = Planner(registry, settings, self.admission.budget_bytes)
         self._decodes = asyncio.Semaphore(settings.max_decodes)
-        self.metrics = metrics or Metrics()
-        self.metrics.watch_admission(self.admission)
-        self.metrics.describe_models((m.info for m in registry.all()), registry.default)
-        if cache is not None:
-            self.metrics.watch_cache(cache.stats)
-        self._schedulers: dict[tuple, BatchScheduler] = {}
-        self._schedulers_lock = threading.Lock()
-        self.metrics.watch_active_edits(lambda: sum(s.active for s in list(self._schedulers.values())))
+        self.metrics = metrics
+        self.schedulers = SchedulerRegistry(settings, self.metrics.timed_network, self.metrics.batch_tick)
+        self.metrics.watch_edits(self.admission, registry, cache, lambda: self.schedulers.active)
 
     def plan(self, req: EditRequestData) -> RequestPlan:
         """The request checked and planned (service/pipeline/plan.py): UNAVAILABLE while draining,
@@ -126,13 +59,8 @@ class EditService:
         self.admission.check_open()
         return self.planner.plan(req)
 
-    async def edit(
-        self,
-        plan: RequestPlan,
-        deadline: float | None = None,
-        on_progress: ProgressCallback | None = None,
-        tenant: Tenant = ANONYMOUS,
-    ) -> EditOutcome:
+    async def edit(self, plan: RequestPlan, deadline: float | None = None, on_progress: ProgressCallback | None = None,
+                   tenant: Tenant = ANONYMOUS) -> EditOutcome:
         """Runs one planned edit. deadline: time.monotonic() value, or None. tenant: who asked (its
         request_ids are its own; its share of the batch follows its weight).
 
@@ -171,56 +99,17 @@ class EditService:
         job = decode_job(plan, self.settings)
         return job, None if self.cache is None else request_key(job, plan.model.info, tenant)
 
-    async def stream(self, plan: RequestPlan, deadline: float | None = None,
-                     tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:
+    def stream(self, plan: RequestPlan, deadline: float | None = None,
+               tenant: Tenant = ANONYMOUS) -> AsyncIterator[ProgressUpdate | EditOutcome]:
         """Yields progress updates, then the outcome. Closing the iterator cancels the edit."""
-        loop = asyncio.get_running_loop()
-        updates = ProgressBacklog(on_drop=self.metrics.progress_dropped)
-
-        def on_progress(update: ProgressUpdate) -> None:
-            loop.call_soon_threadsafe(updates.put, update)
-
-        task = asyncio.create_task(self.edit(plan, deadline, on_progress, tenant))
-        getter: asyncio.Task | None = None
-        try:
-            while True:
-                getter = asyncio.create_task(updates.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter in done:
-                    yield getter.result()
-                    continue
-                getter.cancel()
-                for update in updates.drain():
-                    yield update
-                yield task.result()  # raises the edit's error, if any
-                return
-        finally:
-            if getter is not None:
-                getter.cancel()  # the consumer may leave while it waits (a client cancel)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
-
-    def scheduler(self, model: LoadedModel, shape: tuple[int, ...]) -> BatchScheduler:
-        """The batch scheduler of one (model, channels, height, width): edits of that shape
-        share one network call per step (service/batching/)."""
-        key = (model.info.name, *shape)
-        with self._schedulers_lock:
-            scheduler = self._schedulers.get(key)
-            if scheduler is None:
-                limit = self.settings.max_batch_images
-                if model.info.max_batch_size:  # Triton's config bounds one call too
-                    limit = min(limit, model.info.max_batch_size)
-                scheduler = BatchScheduler("x".join(map(str, key)), self.metrics.timed_network(model.info.name, model.backend.predict_eps),
-                                           limit, on_tick=self.metrics.batch_tick, pipeline_depth=self.settings.effective_pipeline_depth)
-                self._schedulers[key] = scheduler
-            return scheduler
+        return with_progress(lambda on_progress: self.edit(plan, deadline, on_progress, tenant),
+                             on_drop=self.metrics.progress_dropped)
 
     async def _run_batched(self, job: EditJob, model: LoadedModel, deadline: float | None,
                            on_progress: ProgressCallback | None, tenant: Tenant = ANONYMOUS) -> EditOutcome:
         """Runs the edit in its shape's batch scheduler; a cancelled or timed-out edit leaves
-        before the scheduler's next network call, and its admission slot is held until then."""
+        before the scheduler's next network call, and its admission slot is held until then.
+        The scheduler's EditCancelled becomes DeadlineExceeded or Cancelled here."""
         started = time.perf_counter()
         stop = threading.Event()
         timed_out = False
@@ -232,19 +121,14 @@ class EditService:
             return timed_out or stop.is_set()
 
         def on_step(event: StepEvent) -> None:
-            if on_progress is None:
-                return
-            previews: tuple[bytes, ...] = ()
-            if event.pred_original_sample is not None:
-                previews = tuple(encode_png(to_pixels(np.clip(x, -1, 1))) for x in event.pred_original_sample)
-            progress = dataclasses.replace(event.progress, elapsed_seconds=time.perf_counter() - started)
-            on_progress(ProgressUpdate(progress, previews))
+            if on_progress is not None:
+                on_progress(progress_update(event, started))
 
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)
         trajectory = await asyncio.to_thread(self._trajectory, job, model)
-        future = asyncio.wrap_future(self.scheduler(model, trajectory.shape).submit(trajectory, should_stop, on_step,
-                                                                                     tenant.name, tenant.weight))
+        scheduler = self.schedulers.get(model, trajectory.shape)
+        future = asyncio.wrap_future(scheduler.submit(trajectory, should_stop, on_step, tenant.name, tenant.weight))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -257,28 +141,12 @@ class EditService:
                 raise DeadlineExceeded(f"deadline exceeded: {exc}") from exc
             raise Cancelled(f"cancelled: {exc}") from exc
         sde_seconds = time.perf_counter() - started
-        return await asyncio.to_thread(self._outcome, job, model, result, sde_seconds)
+        return await asyncio.to_thread(encode_outcome, job, model.info, result, sde_seconds)
 
     @staticmethod
     def _trajectory(job: EditJob, model: LoadedModel) -> EditTrajectory:
         rngs = [GaussianNoise(seed) for seed in job.seeds]
         return EditTrajectory(model.schedule, job.guide, job.mask, job.params, rngs, job.levels)
-
-    def _outcome(self, job: EditJob, model: LoadedModel, result: EditResult, sde_seconds: float) -> EditOutcome:
-        encode_started = time.perf_counter()
-        images = [self._encode(sample, job, seed) for sample, seed in zip(result.samples, job.seeds)]
-        timings = StageTimings(sde_seconds=sde_seconds, network_seconds=result.network_seconds,
-                               encode_seconds=time.perf_counter() - encode_started)
-        return EditOutcome(images=images, network_calls=result.network_calls, model=model.info,
-                           steps=job.params.steps, repeats=job.params.repeats,
-                           sampler=job.params.sampler, spacing=job.params.spacing, timings=timings, request_id=job.request.request_id)
-
-    @staticmethod
-    def _encode(sample: np.ndarray, job: EditJob, seed: int) -> OutputImage:
-        if job.output_format == "npy":
-            return OutputImage(encode_npy(sample), NPY_MEDIA_TYPE, seed)
-        pixels = composite_kept(job.pixels, to_pixels(sample), job.mask)
-        return OutputImage(encode_png(pixels), PNG_MEDIA_TYPE, seed)
 
     async def aclose(self) -> None:
         if self.cache is not None:
@@ -286,8 +154,5 @@ class EditService:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        with self._schedulers_lock:
-            schedulers, self._schedulers = list(self._schedulers.values()), {}
-        for scheduler in schedulers:
-            scheduler.close()
+        self.schedulers.close()
         self.registry.close()

@@ -23,7 +23,7 @@ from service.config import Settings
 from service.errors import InvalidArgument
 from service.pipeline.costs import RequestCost, most_samples_within, request_cost, response_bytes
 from service.pipeline.imaging import decode_image, decode_mask, image_size, to_model_range
-from service.pipeline.requests import EditJob, EditRequestData
+from service.requests import EditJob, EditRequestData
 from service.sde import EditParams
 from service.sde.engine import max_steps, plan_levels
 from service.sde.samplers import (

@@ -69,7 +69,7 @@ _current: contextvars.ContextVar[Tenant] = contextvars.ContextVar("sdedit_tenant
 
 
 def current_tenant() -> Tenant:
-    """The tenant of the RPC being handled (set by the interceptor, service/transport/grpc/status.py)."""
+    """The tenant of the RPC being handled (set by the call pipeline, service/pipeline/calls.py)."""
     return _current.get()
 
 

@@ -8,7 +8,7 @@ from sdedit.v1 import sdedit_pb2 as pb
 from service.backends.base import ModelInfo
 from service.errors import InvalidArgument
 from service.pipeline.calls import SUBMIT_EDIT, JobOptions, Parsed
-from service.pipeline.requests import EditOutcome, EditRequestData, ProgressUpdate
+from service.requests import EditOutcome, EditRequestData, ProgressUpdate
 from service.sde import Progress
 from service.sde.samplers import reference_sampler
 from service.transport.grpc.names import SAMPLER_ENUMS, SAMPLER_NAMES, SPACING_ENUMS, SPACING_NAMES

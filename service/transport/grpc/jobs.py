@@ -11,7 +11,7 @@ from google.rpc import status_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.jobs import JobRecord
-from service.pipeline.requests import EditOutcome, ProgressUpdate
+from service.requests import EditOutcome, ProgressUpdate
 from service.transport.grpc.convert import edit_response_to_proto, progress_message, progress_to_proto
 from service.transport.grpc.status import status_for
 

@@ -15,7 +15,7 @@ from service.errors import InvalidArgument
 from service.jobs import JobEnd, JobManager
 from service.pipeline.calls import Call
 from service.pipeline.editing import EditService
-from service.pipeline.requests import EditOutcome
+from service.requests import EditOutcome
 from service.transport.grpc.convert import edit_response_to_proto, model_info_to_proto, progress_to_proto
 from service.transport.grpc.jobs import job_to_proto
 from service.transport.grpc.status import EndedWithStatus

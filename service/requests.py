@@ -1,4 +1,6 @@
-"""Plain request and result types: what the transport hands the service and gets back.
+"""Plain request and result types: what the transport hands the service and gets back, and
+what the cache and the jobs keep. Every layer above the math shares them, so they sit below
+all of those layers.
 
 No protobuf here: service/transport/grpc/convert.py maps messages to and from these.
 """
