@@ -97,6 +97,18 @@ class RunningServer:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, SERVING if serving else NOT_SERVING)
 
+    async def stop_at_once(self) -> None:
+        """Stops what start_server started, with no drain (a port could not be bound)."""
+        await self.server.stop(0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+        if self.http is not None:
+            await self.http.stop()
+        if self.jobs is not None:
+            await self.jobs.aclose()
+        await self.service.aclose()
+        self.metrics.close()
+
     async def drain_and_stop(self, grace: float | None = None) -> bool:
         """Graceful shutdown; returns whether every admitted edit finished in time."""
         grace = self.settings.grace_seconds if grace is None else grace
@@ -161,8 +173,29 @@ async def start_server(settings: Settings) -> RunningServer:
         SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)})
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, calls)], options=server_options(settings))
     servicer = ImageEditorServicer(service, jobs)
-    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
+    server, port = grpc_server(settings, metrics, calls, servicer, health_servicer)
+    await server.start()
+    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate, jobs=jobs)
+    try:
+        await start_side_ports(running, servicer, calls)
+    except OSError:  # a port is taken: stop what started
+        await running.stop_at_once()
+        raise
+    await jobs.start()
+    log.info("jobs: %s, %d worker(s)", jobs.kind, settings.job_workers)
+    await health_servicer.set(LIVENESS, SERVING)
+    serving = await asyncio.to_thread(service.registry.ready)
+    await running.set_health(serving)
+    running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
+    return running
+
+
+def grpc_server(settings: Settings, metrics: Metrics, calls: CallPipeline, servicer: ImageEditorServicer,
+                health_servicer: health.aio.HealthServicer) -> tuple[grpc.aio.Server, int]:
+    """The gRPC server with its services (ImageEditor, health, reflection) on the port bound."""
+    server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, calls)], options=server_options(settings))
+    sdedit_pb2_grpc.add_ImageEditorServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         reflection.enable_server_reflection(
@@ -177,45 +210,24 @@ async def start_server(settings: Settings) -> RunningServer:
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {settings.host}:{settings.port}")
-    await server.start()
-    running = RunningServer(server, port, service, health_servicer, settings, metrics, gate=gate, jobs=jobs)
+    return server, port
+
+
+async def start_side_ports(running: RunningServer, servicer: ImageEditorServicer, calls: CallPipeline) -> None:
+    """The metrics, health and HTTP ports that are on (each raises OSError when it cannot bind)."""
+    settings = running.settings
     if settings.metrics_port >= 0:
-        try:
-            running.metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
-        except OSError:  # the metrics port is taken: stop what started
-            await server.stop(0)
-            await jobs.aclose()
-            await service.aclose()
-            raise
+        running.metrics_port = running.metrics.serve(settings.metrics_host, settings.metrics_port)
     if settings.health_port >= 0:
         running.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, running.health_server)
+        health_pb2_grpc.add_HealthServicer_to_server(running.health, running.health_server)
         running.health_port = running.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
         if running.health_port == 0:
-            await server.stop(0)
-            await service.aclose()
-            metrics.close()
             raise OSError(f"cannot bind the health port {settings.host}:{settings.health_port}")
         await running.health_server.start()
     if settings.http_port >= 0:
-        try:
-            running.http = HttpDoor(settings, servicer, calls, lambda: running.serving, metrics, http_ssl_context(settings))
-            running.http_port = await running.http.start()
-        except OSError:
-            await server.stop(0)
-            if running.health_server is not None:
-                await running.health_server.stop(0)
-            await jobs.aclose()
-            await service.aclose()
-            metrics.close()
-            raise
-    await jobs.start()
-    log.info("jobs: %s, %d worker(s)", jobs.kind, settings.job_workers)
-    await health_servicer.set(LIVENESS, SERVING)
-    serving = await asyncio.to_thread(service.registry.ready)
-    await running.set_health(serving)
-    running.watcher = asyncio.create_task(watch_backend(running, serving), name="health-watcher")
-    return running
+        running.http = HttpDoor(settings, servicer, calls, lambda: running.serving, running.metrics, http_ssl_context(settings))
+        running.http_port = await running.http.start()
 
 
 def http_ssl_context(settings: Settings):

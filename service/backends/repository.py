@@ -147,6 +147,47 @@ def load_model_info(model_dir: Path, precision: str | None = None) -> ModelInfo:
                                   where=f"{model_dir}: ", precision=precision)
 
 
+def _integer(params: dict[str, str], key: str, default, where: str) -> int:
+    try:
+        return int(params.get(key, default))
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}{exc}") from exc
+
+
+def _shape_and_costs(params: dict[str, str], where: str) -> dict:
+    """The ModelInfo fields of the image sizes the model takes and of its memory estimates."""
+    try:
+        width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
+        flexible = params.get("flexible_size", "false").lower() == "true"
+        fields = dict(
+            width=width, height=height, channels=channels, flexible_size=flexible,
+            size_multiple=max(1, int(params.get("size_multiple", "1"))),
+            max_width=int(params.get("max_width", width)) if flexible else width,
+            max_height=int(params.get("max_height", height)) if flexible else height,
+            memory_bytes_per_pixel=float(params.get("memory_bytes_per_pixel", DEFAULT_MEMORY_BYTES_PER_PIXEL)),
+            attention_downsample=int(params.get("attention_downsample", "0")),
+            attention_bytes_per_entry=float(params.get("attention_bytes_per_entry", "0")))
+    except ValueError as exc:
+        raise ModelConfigError(f"{where}{exc}") from exc
+    if fields["max_width"] < width or fields["max_height"] < height:
+        raise ModelConfigError(f"{where}max_width x max_height {fields['max_width']}x{fields['max_height']} "
+                               f"is below the native {width}x{height}")
+    if fields["memory_bytes_per_pixel"] < 0 or fields["attention_downsample"] < 0 or fields["attention_bytes_per_entry"] < 0:
+        raise ModelConfigError(f"{where}memory parameters must be >= 0")
+    return fields
+
+
+def _default_edit(params: dict[str, str], where: str) -> tuple[str, str]:
+    """The sampler and spacing of an edit that names none."""
+    default_sampler = params.get("default_sampler", DEFAULT_SAMPLER)
+    default_spacing = params.get("default_spacing", DEFAULT_SPACING)
+    if default_sampler not in SAMPLERS:
+        raise ModelConfigError(f"{where}default_sampler {default_sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if default_spacing not in SPACINGS:
+        raise ModelConfigError(f"{where}default_spacing {default_spacing!r} is not one of {', '.join(SPACINGS)}")
+    return default_sampler, default_spacing
+
+
 def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
                            hasher: Callable[[SDESpec, int], str], where: str = "",
                            precision: str | None = None) -> ModelInfo:
@@ -160,28 +201,8 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
     if missing:
         raise ModelConfigError(f"{where}config.pbtxt parameters lack {', '.join(missing)}")
     spec = sde_spec_from_parameters(params, where)
-    try:
-        width, height, channels = (int(params[k]) for k in ("width", "height", "channels"))
-        default_steps = int(params.get("default_steps", DEFAULT_STEPS))
-        size_multiple = int(params.get("size_multiple", "1"))
-        flexible = params.get("flexible_size", "false").lower() == "true"
-        max_width = int(params.get("max_width", width)) if flexible else width
-        max_height = int(params.get("max_height", height)) if flexible else height
-        memory_per_pixel = float(params.get("memory_bytes_per_pixel", DEFAULT_MEMORY_BYTES_PER_PIXEL))
-        attention_downsample = int(params.get("attention_downsample", "0"))
-        attention_per_entry = float(params.get("attention_bytes_per_entry", "0"))
-    except ValueError as exc:
-        raise ModelConfigError(f"{where}{exc}") from exc
-    if max_width < width or max_height < height:
-        raise ModelConfigError(f"{where}max_width x max_height {max_width}x{max_height} is below the native {width}x{height}")
-    if memory_per_pixel < 0 or attention_downsample < 0 or attention_per_entry < 0:
-        raise ModelConfigError(f"{where}memory parameters must be >= 0")
-    default_sampler = params.get("default_sampler", DEFAULT_SAMPLER)
-    default_spacing = params.get("default_spacing", DEFAULT_SPACING)
-    if default_sampler not in SAMPLERS:
-        raise ModelConfigError(f"{where}default_sampler {default_sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if default_spacing not in SPACINGS:
-        raise ModelConfigError(f"{where}default_spacing {default_spacing!r} is not one of {', '.join(SPACINGS)}")
+    shape = _shape_and_costs(params, where)
+    default_sampler, default_spacing = _default_edit(params, where)
     inputs = [tensor.name for tensor in config.input]
     outputs = [tensor.name for tensor in config.output]
     if len(inputs) != 2 or len(outputs) != 1:
@@ -190,24 +211,15 @@ def model_info_from_config(config: model_config_pb2.ModelConfig, name: str,
         convention = convention_from_parameters(params, spec)
     except ValueError as exc:
         raise ModelConfigError(f"{where}{exc}") from exc
-    digest = hasher(spec, channels)
+    digest = hasher(spec, shape["channels"])
     if not convention.is_identity:  # the same weights called another way give other results
         digest = hashlib.sha256((digest + json.dumps(convention_parameters(convention), sort_keys=True)).encode()).hexdigest()
     return ModelInfo(
         name=name,
         content_hash=digest,
         sde=spec,
-        width=width,
-        height=height,
-        channels=channels,
-        default_steps=max(1, min(default_steps, spec.timesteps)),
-        flexible_size=flexible,
-        size_multiple=max(1, size_multiple),
-        max_width=max_width,
-        max_height=max_height,
-        memory_bytes_per_pixel=memory_per_pixel,
-        attention_downsample=attention_downsample,
-        attention_bytes_per_entry=attention_per_entry,
+        **shape,
+        default_steps=max(1, min(_integer(params, "default_steps", DEFAULT_STEPS, where), spec.timesteps)),
         max_batch_size=config.max_batch_size,
         description=params.get("description", ""),
         input_names=(inputs[0], inputs[1]),

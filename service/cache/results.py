@@ -50,6 +50,11 @@ class _LeaderGone(Exception):
 
 
 class ResultCache:
+    """Results and request_id records over a CacheStore, single-flight for identical edits.
+
+    Long: its steps (look up, lead or follow, record, renew the lock) share one lock protocol and one key space.
+    """
+
     def __init__(self, store: CacheStore, *, ttl_seconds: float, max_entry_bytes: int, key_prefix: str,
                  lock_seconds: float, timeout: float, retry_seconds: float, max_request_bytes: int | None = None):
         """max_request_bytes: largest request_id record kept (None: no limit but the store's).

@@ -127,56 +127,10 @@ def parse_tokens(text: str, base: Path | None = None) -> list[tuple[str, Tenant]
     entries: list[tuple[str, Tenant]] = []
     names: set[str] = set()
     for index, item in enumerate(data["tenants"]):
-        where = f"tenants[{index}]"
-        if not isinstance(item, dict):
-            raise TokensFileError(f"{where}: expected an object")
-        unknown = set(item) - FIELDS
-        if unknown:
-            raise TokensFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        name = item.get("name")
-        if not isinstance(name, str) or not NAME.match(name):
-            raise TokensFileError(f"{where}.name: 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit")
-        if name in names:
-            raise TokensFileError(f"{where}.name: {name!r} appears twice")
-        names.add(name)
-        hashes = item.get("token_sha256", [])
-        hashes = [hashes] if isinstance(hashes, str) else hashes
-        if not isinstance(hashes, list) or not all(isinstance(h, str) and HEX64.match(h.lower()) for h in hashes):
-            raise TokensFileError(f"{where}.token_sha256: hex SHA-256 digests (64 characters)")
-        hashes = [h.lower() for h in hashes]
-        if "token" in item:
-            if not isinstance(item["token"], str) or len(item["token"]) < 16:
-                raise TokensFileError(f"{where}.token: a string of at least 16 characters")
-            hashes.append(hash_token(item["token"]))
-        if not hashes:
-            raise TokensFileError(f"{where}: no token_sha256 or token")
-        weight = item.get("weight", 1)
-        if not isinstance(weight, int | float) or isinstance(weight, bool) or not weight > 0:
-            raise TokensFileError(f"{where}.weight: a number > 0")
-        limits = {}
-        for field in ("max_in_flight", "work_per_minute"):
-            value = item.get(field, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise TokensFileError(f"{where}.{field}: an integer >= 0 (0: no limit)")
-            limits[field] = value
-        models = item.get("models")
-        if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
-            raise TokensFileError(f"{where}.models: a list of model names")
-        methods = item.get("methods", sorted(DEFAULT_METHODS))
-        if not isinstance(methods, list) or not set(methods) <= KNOWN_METHODS:
-            raise TokensFileError(f"{where}.methods: a list of {', '.join(sorted(KNOWN_METHODS))}")
-        secret_file, secret = item.get("webhook_secret_file", ""), item.get("webhook_secret", "")
-        if not isinstance(secret_file, str):
-            raise TokensFileError(f"{where}.webhook_secret_file: a path (relative: to the tokens file's folder)")
-        if not isinstance(secret, str) or (secret and len(secret.encode()) < MIN_SECRET_BYTES):
-            raise TokensFileError(f"{where}.webhook_secret: a string of at least {MIN_SECRET_BYTES} bytes")
-        if secret and secret_file:
-            raise TokensFileError(f"{where}: webhook_secret and webhook_secret_file both given: keep one")
-        if secret_file:
-            secret_file = str((base or Path.cwd()) / Path(secret_file).expanduser())
-        tenant = Tenant(name, float(weight), limits["max_in_flight"], limits["work_per_minute"],
-                        None if models is None else frozenset(models), frozenset(methods),
-                        webhook_secret_file=secret_file, webhook_secret=secret)
+        hashes, tenant = _tenant_entry(item, f"tenants[{index}]", base)
+        if tenant.name in names:
+            raise TokensFileError(f"tenants[{index}].name: {tenant.name!r} appears twice")
+        names.add(tenant.name)
         entries.extend((h, tenant) for h in hashes)
     seen: set[str] = set()
     for h, tenant in entries:
@@ -184,6 +138,67 @@ def parse_tokens(text: str, base: Path | None = None) -> list[tuple[str, Tenant]
             raise TokensFileError(f"tenant {tenant.name!r}: a token is listed twice (or for two tenants)")
         seen.add(h)
     return entries
+
+
+def _tenant_entry(item, where: str, base: Path | None) -> tuple[list[str], Tenant]:
+    """One entry of the file: its token hashes and its tenant."""
+    if not isinstance(item, dict):
+        raise TokensFileError(f"{where}: expected an object")
+    unknown = set(item) - FIELDS
+    if unknown:
+        raise TokensFileError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    name = item.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise TokensFileError(f"{where}.name: 1-63 characters of a-z 0-9 . _ -, starting with a letter or digit")
+    hashes = _token_hashes(item, where)
+    weight = item.get("weight", 1)
+    if not isinstance(weight, int | float) or isinstance(weight, bool) or not weight > 0:
+        raise TokensFileError(f"{where}.weight: a number > 0")
+    limits = {}
+    for field in ("max_in_flight", "work_per_minute"):
+        value = item.get(field, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TokensFileError(f"{where}.{field}: an integer >= 0 (0: no limit)")
+        limits[field] = value
+    models = item.get("models")
+    if models is not None and (not isinstance(models, list) or not all(isinstance(m, str) for m in models)):
+        raise TokensFileError(f"{where}.models: a list of model names")
+    methods = item.get("methods", sorted(DEFAULT_METHODS))
+    if not isinstance(methods, list) or not set(methods) <= KNOWN_METHODS:
+        raise TokensFileError(f"{where}.methods: a list of {', '.join(sorted(KNOWN_METHODS))}")
+    secret_file, secret = _webhook_secret(item, where, base)
+    return hashes, Tenant(name, float(weight), limits["max_in_flight"], limits["work_per_minute"],
+                          None if models is None else frozenset(models), frozenset(methods),
+                          webhook_secret_file=secret_file, webhook_secret=secret)
+
+
+def _token_hashes(item: dict, where: str) -> list[str]:
+    hashes = item.get("token_sha256", [])
+    hashes = [hashes] if isinstance(hashes, str) else hashes
+    if not isinstance(hashes, list) or not all(isinstance(h, str) and HEX64.match(h.lower()) for h in hashes):
+        raise TokensFileError(f"{where}.token_sha256: hex SHA-256 digests (64 characters)")
+    hashes = [h.lower() for h in hashes]
+    if "token" in item:
+        if not isinstance(item["token"], str) or len(item["token"]) < 16:
+            raise TokensFileError(f"{where}.token: a string of at least 16 characters")
+        hashes.append(hash_token(item["token"]))
+    if not hashes:
+        raise TokensFileError(f"{where}: no token_sha256 or token")
+    return hashes
+
+
+def _webhook_secret(item: dict, where: str, base: Path | None) -> tuple[str, str]:
+    """(webhook_secret_file made absolute, webhook_secret): at most one of them."""
+    secret_file, secret = item.get("webhook_secret_file", ""), item.get("webhook_secret", "")
+    if not isinstance(secret_file, str):
+        raise TokensFileError(f"{where}.webhook_secret_file: a path (relative: to the tokens file's folder)")
+    if not isinstance(secret, str) or (secret and len(secret.encode()) < MIN_SECRET_BYTES):
+        raise TokensFileError(f"{where}.webhook_secret: a string of at least {MIN_SECRET_BYTES} bytes")
+    if secret and secret_file:
+        raise TokensFileError(f"{where}: webhook_secret and webhook_secret_file both given: keep one")
+    if secret_file:
+        secret_file = str((base or Path.cwd()) / Path(secret_file).expanduser())
+    return secret_file, secret
 
 
 class TokensFile:
