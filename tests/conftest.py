@@ -14,8 +14,8 @@ from service.backends.variants import write_cpu_repository
 from service.imaging import encode_png
 from service.oracle_models import gaussian_model, mixture_model
 from service.sdedit.schedules import SDESpec
-from tests.redis_server import RedisServer
-from tests.servers import ROOT, InProcessServer, ServeProcess, test_settings
+from service.testing.redis_server import RedisServer
+from service.testing.servers import ROOT, InProcessServer, ServeProcess, local_settings
 
 VP = SDESpec(sde_type="vp_discrete")
 VE = SDESpec(sde_type="ve", timesteps=1000, sigma_min=0.01, sigma_max=50.0)
@@ -43,7 +43,7 @@ def oracle_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(oracle_repository):
     """A shared in-process server (default model: gauss). Tests must not change its state."""
-    running = InProcessServer(test_settings(oracle_repository, default_model="gauss", max_active_edits=2))
+    running = InProcessServer(local_settings(oracle_repository, default_model="gauss", max_active_edits=2))
     yield running
     running.stop()
 
@@ -55,7 +55,7 @@ def make_server(oracle_repository):
 
     def factory(wrap_model=None, **overrides) -> InProcessServer:
         overrides.setdefault("default_model", "gauss")
-        running = InProcessServer(test_settings(oracle_repository, **overrides), wrap_model=wrap_model)
+        running = InProcessServer(local_settings(oracle_repository, **overrides), wrap_model=wrap_model)
         started.append(running)
         return running
 

@@ -20,10 +20,10 @@ from sdedit.v1 import sdedit_pb2_grpc
 from service.client import Client, build_request
 from service.imaging import decode_npy
 from service.server import server_options
+from service.testing.servers import InProcessServer, health_status, wait_for
+from service.testing.servers import local_settings as server_settings
 from tests.conftest import png
 from tests.models_for_tests import counting
-from tests.servers import InProcessServer, health_status, wait_for
-from tests.servers import test_settings as server_settings
 
 
 def decode_png(data: bytes) -> np.ndarray:

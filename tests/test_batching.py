@@ -306,7 +306,7 @@ def test_num_samples_beyond_the_batch_is_invalid_argument(make_server, guide16):
 
 
 def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton, guide16):
-    from tests.servers import InProcessServer, triton_settings
+    from service.testing.servers import InProcessServer, triton_settings
 
     server = InProcessServer(triton_settings(parity_repository, triton.url, shm=True, metrics_port=0, max_active_edits=16))
     try:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.servers import ROOT, InProcessServer
-from tests.servers import test_settings as server_settings
+from service.testing.servers import ROOT, InProcessServer
+from service.testing.servers import local_settings as server_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "editor.png"

@@ -32,10 +32,10 @@ from service.models import load_registry
 from service.oracle_models import gaussian_model
 from service.requests import EditOutcome, EditRequestData, OutputImage
 from service.sdedit import EditParams
+from service.testing import servers
+from service.testing.servers import wait_for
 from service.validation import prepare_job
-from tests import servers
 from tests.conftest import VP, png
-from tests.servers import wait_for
 
 
 class Clock:
@@ -132,7 +132,7 @@ def test_memory_locks_are_exclusive_token_checked_and_expire():
 
 @pytest.fixture(scope="module")
 def settings(oracle_repository):
-    return servers.test_settings(oracle_repository, default_model="gauss")
+    return servers.local_settings(oracle_repository, default_model="gauss")
 
 
 @pytest.fixture(scope="module")

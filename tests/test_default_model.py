@@ -16,9 +16,9 @@ from service.client import Client, build_request
 from service.config import Settings
 from service.imaging import decode_npy
 from service.sdedit.schedules import alphas_cumprod, linear_betas
-from tests import servers
+from service.testing import servers
+from service.testing.servers import ROOT, InProcessServer
 from tests.conftest import png
-from tests.servers import ROOT, InProcessServer
 
 REPOSITORY = ROOT / "model_repository"
 DEFAULT = Settings().default_model
@@ -64,7 +64,7 @@ def test_the_network_predicts_the_noise_on_held_out_digits():
 
 @pytest.fixture(scope="module")
 def default_server():
-    running = InProcessServer(servers.test_settings(REPOSITORY, default_model=DEFAULT))
+    running = InProcessServer(servers.local_settings(REPOSITORY, default_model=DEFAULT))
     yield running
     running.stop()
 

@@ -19,9 +19,9 @@ from grpc_health.v1 import health_pb2
 
 from service.client import Client, build_request
 from service.config import Settings
+from service.testing.servers import free_port, health_status, terminate, wait_for
 from tests.conftest import png
 from tests.deploy_checks import DEPLOY, ROOT, SHUTDOWN_MARGIN_SECONDS, env_pairs, image_pinned, read_dockerfile, settings_from_env, unknown_settings
-from tests.servers import free_port, health_status, terminate, wait_for
 from tests.test_metrics import promtool
 
 DOCKER = DEPLOY / "docker"

@@ -39,8 +39,8 @@ from service.client import Client, build_request
 from service.imaging import decode_npy, encode_png
 from service.oracle_models import gaussian_model
 from service.sdedit.schedules import SDESpec, build_schedule
-from tests import servers
-from tests.servers import InProcessServer
+from service.testing import servers
+from service.testing.servers import InProcessServer
 
 MU, S = 0.25, 0.3
 GUIDE_PIXEL = 51  # -0.6 in the model's range
@@ -80,7 +80,7 @@ def oracle_server(tmp_path_factory):
     for sde, spec in SPECS.items():
         write_model(root, f"gauss-{sde}", gaussian_model(spec, MU, S).SerializeToString(),
                     model_parameters(spec, SIDE, SIDE, 1, default_steps=CALLS, flexible_size=True, description="oracle"))
-    server = InProcessServer(servers.test_settings(root, default_model="gauss-vp_discrete", cache="none", max_num_samples=SAMPLES,
+    server = InProcessServer(servers.local_settings(root, default_model="gauss-vp_discrete", cache="none", max_num_samples=SAMPLES,
                                            onnx_threads=1))
     yield server
     server.stop()

@@ -27,7 +27,7 @@ from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from tests.servers import ServeProcess, health_status, peak_rss_mib
+from service.testing.servers import ServeProcess, health_status, peak_rss_mib
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1024

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from google.rpc import status_pb2
 
+from service.testing.servers import ROOT
 from tests.certs import CertificateAuthority
 from tests.conftest import png
-from tests.servers import ROOT
 
 NODE_TOOLS = ROOT / ".tools" / "node"
 TOKEN = "node-client-" + "5" * 32

@@ -114,9 +114,9 @@ def test_malformed_requests_are_logged_once_per_interval(make_server, caplog):
 def shipped_server():
     """An in-process server on the shipped repository (digits is the default), cache off."""
     from service.config import PROJECT_ROOT
-    from tests.servers import InProcessServer, test_settings
+    from service.testing.servers import InProcessServer, local_settings
 
-    running = InProcessServer(test_settings(PROJECT_ROOT / "model_repository", cache="none", metrics_port=0),
+    running = InProcessServer(local_settings(PROJECT_ROOT / "model_repository", cache="none", metrics_port=0),
                               wrap_model=counting())
     yield running
     running.stop()

@@ -19,10 +19,10 @@ from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import build_request
 from service.connection import Connection
+from service.testing.servers import wait_for
 from tests.certs import CertificateAuthority, ServedFiles, serial_of
 from tests.conftest import png
 from tests.models_for_tests import counting
-from tests.servers import wait_for
 from tests.test_security import TOKEN_A, TOKEN_B, two_tenants
 
 

@@ -13,8 +13,8 @@ from google.rpc import code_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
+from service.testing.servers import wait_for
 from tests.conftest import png
-from tests.servers import wait_for
 
 JOB_FLAGS = ("--job-poll-seconds", "0.1")
 

@@ -20,9 +20,9 @@ from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, percentile
 from service.loadtest.runner import LoadPlan
 from service.loadtest.triton import difference, parse
 from service.loadtest.workload import FIXED, FRESH, RequestOptions, Workload, WorkloadError
+from service.testing.servers import ROOT, InProcessServer, ServeProcess, free_port, triton_settings
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting
-from tests.servers import ROOT, InProcessServer, ServeProcess, free_port, triton_settings
 
 SCHEMA = json.loads((ROOT / "docs" / "loadtest.schema.json").read_text())
 validate_report = fastjsonschema.compile(SCHEMA)

@@ -21,7 +21,7 @@ from PIL import Image
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
-from tests.servers import ServeProcess, peak_rss_mib
+from service.testing.servers import ServeProcess, peak_rss_mib
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1536  # leaves ~1.2 GiB for edits: one 256x256 sample of digits (~0.8 GiB estimated)

@@ -16,11 +16,11 @@ import pytest
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
+from service.testing.servers import ROOT, InProcessServer, wait_for
+from service.testing.servers import local_settings as settings_for
 from tests.conftest import png
 from tests.metrics_scrape import key, samples, scrape, value
 from tests.models_for_tests import counting
-from tests.servers import ROOT, InProcessServer, wait_for
-from tests.servers import test_settings as settings_for
 
 EDITOR = "sdedit.v1.ImageEditor"
 UNARY, STREAM = "unary", "server_stream"

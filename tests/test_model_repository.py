@@ -16,7 +16,7 @@ from service.errors import ModelConfigError
 from service.models import load_registry
 from service.oracle_models import write_shipped_models
 from service.sdedit import build_schedule
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 SHIPPED = ROOT / "model_repository"
 

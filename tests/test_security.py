@@ -445,7 +445,7 @@ def test_max_in_flight_refuses_an_edit_beyond_it_until_one_ends(make_server, tmp
 
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_with_redis_down_quotas_fail_open_or_closed_as_set_and_say_so_in_metrics(make_server, tmp_path, guide16, fail_open):
-    from tests.servers import free_port
+    from service.testing.servers import free_port
 
     tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "work_per_minute": 1000}])
     srv = make_server(auth_tokens_file=str(tokens), cache="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0",
@@ -543,7 +543,7 @@ def test_the_metrics_endpoint_binds_loopback_by_default_and_stays_bounded(make_s
 
 def test_a_plaintext_health_port_answers_probes_while_the_grpc_port_serves_tls_only(make_server, ca):
     from service.client import Client as EditClient
-    from tests.servers import free_port
+    from service.testing.servers import free_port
 
     pair = ca.issue("server")
     srv = make_server(tls_cert_file=str(pair.cert), tls_key_file=str(pair.key), health_port=free_port())

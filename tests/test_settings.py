@@ -79,7 +79,7 @@ def test_every_setting_is_documented():
     """Docs match the code: each setting's flag appears in the README or the deploy and metrics docs."""
     import dataclasses
 
-    from tests.servers import ROOT
+    from service.testing.servers import ROOT
 
     docs = "".join((ROOT / path).read_text() for path in ("README.md", "deploy/README.md", "docs/metrics.md"))
     undocumented = [f.name for f in dataclasses.fields(Settings) if "--" + f.name.replace("_", "-") not in docs]

@@ -29,9 +29,9 @@ from service.config import Settings
 from service.errors import BackendError, DeadlineExceeded, ServiceError
 from service.imaging import decode_npy
 from service.models import load_registry
+from service.testing.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
+from service.testing.servers import local_settings as service_settings
 from tests.conftest import png
-from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
-from tests.servers import test_settings as service_settings
 
 DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
 PARITY_MODELS = ["gauss", "gauss-ve", "mix", "gauss-rgb", DEFAULT_MODEL]

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2
 from service.backends.triton import TritonConnection
 from service.client import Client, build_request
 from service.server import LIVENESS
+from service.testing.servers import InProcessServer, health_status, shm_files, triton_regions, triton_settings, wait_for
 from tests.conftest import png, start_triton
-from tests.servers import InProcessServer, health_status, shm_files, triton_regions, triton_settings, wait_for
 
 pytestmark = pytest.mark.slow
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -24,9 +24,9 @@ from service.config import SettingsError, load_settings
 from service.connection import Connection
 from service.errors import InvalidArgument
 from service.jobs.webhooks import check_url, forbidden, literal_ip, signature
+from service.testing.servers import ROOT, wait_for
 from tests.certs import CertificateAuthority, Pair
 from tests.conftest import png
-from tests.servers import ROOT, wait_for
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates "
                                 "(scripts/install_test_tools.sh installs it)")
