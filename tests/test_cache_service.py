@@ -24,7 +24,7 @@ from service.client import Client, build_request
 from service.oracle_models import gaussian_model
 from service.testing.redis_server import RedisServer
 from service.testing.servers import health_status, wait_for
-from tests.conftest import VP, png
+from tests.helpers import VP, png
 from tests.models_for_tests import counting
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -19,8 +19,8 @@ from PIL import Image
 
 from service.client import Client, build_request
 from service.testing.servers import free_port, health_status, wait_for
-from tests.conftest import png
 from tests.deploy_checks import SHUTDOWN_MARGIN_SECONDS
+from tests.helpers import png
 
 pytestmark = pytest.mark.e2e
 SDEDIT = str(Path(sys.executable).parent / "sdedit")
