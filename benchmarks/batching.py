@@ -7,7 +7,7 @@
 (a) Embedded ONNX Runtime, the default model (`default_model`, digits 32x32), single-sample
     edits of --calls network calls (t0 0.5, `steps` = --calls, sampler dpmpp_2m_sde, the
     model's default spacing), fresh seeds, no result cache, through an in-process server
-    (tests/servers.py InProcessServer, service.client.Client), closed loop at each
+    (service/testing/servers.py InProcessServer, service.client.Client), closed loop at each
     concurrency. Two servers side by side in one process: the batched one
     (--max-batch-images 32) and the per-edit baseline (--max-batch-images 1: every call is
     batch 1, as on the per-edit path before step-level batching). Both have max_active_edits =
@@ -66,7 +66,7 @@ from service.client import Client, build_request  # noqa: E402
 from service.config import PROJECT_ROOT, load_settings  # noqa: E402
 from service.pipeline.imaging import encode_png  # noqa: E402
 from service.sde import EditParams, SDESpec, build_schedule  # noqa: E402
-from tests.servers import InProcessServer, test_settings  # noqa: E402
+from service.testing.servers import InProcessServer, local_settings  # noqa: E402
 
 REPOSITORY = PROJECT_ROOT / "model_repository"
 SAMPLER = "dpmpp_2m_sde"
@@ -93,7 +93,7 @@ def server_counters(server: InProcessServer, model: str) -> dict[str, float]:
 
 
 class Valve:
-    """Wraps a server's network (tests/servers.py wrap_model): while closed, the server's next
+    """Wraps a server's network (service/testing/servers.py wrap_model): while closed, the server's next
     call waits before it starts, so the whole server stands still (its edits wait, their
     clients wait) and the network can be measured alone in the same process; close() returns
     once the call in progress has ended. Counts the seconds spent in calls (not in waiting)."""
@@ -230,10 +230,10 @@ def run_embedded(levels: list[int], duration: float, warmup: float, calls: int, 
         return wrap
 
     servers = {
-        "batched": InProcessServer(test_settings(REPOSITORY, cache="none", max_active_edits=active, max_queue=active),
+        "batched": InProcessServer(local_settings(REPOSITORY, cache="none", max_active_edits=active, max_queue=active),
                                    wrap_model=valve_for("batched")),
-        "per_edit": InProcessServer(test_settings(REPOSITORY, cache="none", max_active_edits=active, max_queue=active,
-                                                  max_batch_images=1), wrap_model=valve_for("per_edit")),
+        "per_edit": InProcessServer(local_settings(REPOSITORY, cache="none", max_active_edits=active, max_queue=active,
+                                                   max_batch_images=1), wrap_model=valve_for("per_edit")),
     }
     results: dict = {"model": model_name, "size": f"{info.channels}x{info.height}x{info.width}", "calls_per_edit": calls,
                      "request": {"t0": T0, "steps": calls, "sampler": SAMPLER, "num_samples": 1, "cache": "none"},

@@ -80,7 +80,7 @@ def per_call(model, batches: list[int], size: int = 256) -> dict[int, float]:
 
 
 def one_edit(settings, name: str, calls: int) -> dict:
-    from tests.servers import InProcessServer
+    from service.testing.servers import InProcessServer
 
     pixels = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
     server = InProcessServer(settings)

@@ -30,8 +30,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from service.client import Client, build_request
 from service.pipeline.imaging import encode_png
-from tests.redis_server import RedisServer
-from tests.servers import InProcessServer, test_settings
+from service.testing.redis_server import RedisServer
+from service.testing.servers import InProcessServer, local_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as workdir:
         redis = RedisServer(Path(workdir)).start()
-        servers = {b: InProcessServer(test_settings(ROOT / "model_repository", cache=b, redis_url=redis.url,
-                                                    max_active_edits=1)) for b in BACKENDS}
+        servers = {b: InProcessServer(local_settings(ROOT / "model_repository", cache=b, redis_url=redis.url,
+                                                     max_active_edits=1)) for b in BACKENDS}
         try:
             for size in SIZES:
                 rows += measure({b: server.address for b, server in servers.items()}, size, args)

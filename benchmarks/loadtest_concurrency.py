@@ -32,7 +32,7 @@ from service.loadtest.cli import run_loadtest  # noqa: E402
 from service.loadtest.report import SLO  # noqa: E402
 from service.loadtest.runner import LoadPlan  # noqa: E402
 from service.loadtest.workload import RequestOptions  # noqa: E402
-from tests.servers import ServeProcess, free_port  # noqa: E402
+from service.testing.servers import ServeProcess, free_port  # noqa: E402
 
 SERVER_SAMPLES = ("sdedit_edit_seconds_count", "sdedit_queue_wait_seconds_sum", "sdedit_queue_wait_seconds_count")
 LATENCY = ("min", "mean", "p50", "p90", "p95", "p99", "max")

@@ -69,13 +69,13 @@ def oracle_repository(root: Path) -> dict[str, tuple[SDESpec, float]]:
 
 def oracle_rows(size: int, samples: int, stds=STDS, t0s=T0S, calls=CALLS, seed: int = 0) -> list[dict]:
     """Every configuration edited through an in-process server; one row per edit."""
-    from tests.servers import InProcessServer, test_settings
+    from service.testing.servers import InProcessServer, local_settings
 
     rows = []
     with tempfile.TemporaryDirectory() as work:
         models = oracle_repository(Path(work))
-        settings = test_settings(Path(work), default_model=next(iter(models)), cache="none", max_num_samples=64,
-                                 onnx_threads=1, max_active_edits=1)
+        settings = local_settings(Path(work), default_model=next(iter(models)), cache="none", max_num_samples=64,
+                                  onnx_threads=1, max_active_edits=1)
         server = InProcessServer(settings)
         guide = encode_png(np.full((size, size, 1), GUIDE_PIXEL, dtype=np.uint8))
         try:

@@ -6,7 +6,7 @@
 # downloaded). Quick and silent when all are there; `make test` runs it first.
 #
 # As root (or with password-less sudo) it installs the Debian packages. Otherwise it
-# unpacks redis-tools and its two libraries into .tools/redis (found by tests/redis_server.py);
+# unpacks redis-tools and its two libraries into .tools/redis (found by service/testing/redis_server.py);
 # chromium cannot be unpacked that way, and the browser tests skip, saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,5 +1,6 @@
-"""Shared fixtures: a model repository of small oracle models, in-process servers, images,
-and a real tritonserver serving the CPU variant of those models."""
+"""Shared fixtures: a model repository of small oracle models, in-process servers and `sdedit serve`
+processes (tests/helpers.py ServerFactory), images, a certificate authority, a Redis, and a real
+tritonserver serving the CPU variant of those models."""
 
 from __future__ import annotations
 
@@ -10,15 +11,12 @@ import pytest
 
 from service.backends.oracle import gaussian_model, mixture_model
 from service.backends.repository import discover_models, model_parameters, write_model
-from service.backends.triton_local import LocalTriton
-from service.backends.variants import write_cpu_repository
-from service.pipeline.imaging import encode_png
-from service.sde.schedules import SDESpec
-from tests.redis_server import RedisServer
-from tests.servers import ROOT, InProcessServer, ServeProcess, test_settings
+from service.testing.redis_server import RedisServer
+from service.testing.servers import ROOT
+from tests.certs import CertificateAuthority
+from tests.helpers import VE, VP, ServerFactory, start_triton
 
-VP = SDESpec(sde_type="vp_discrete")
-VE = SDESpec(sde_type="ve", timesteps=1000, sigma_min=0.01, sigma_max=50.0)
+ORACLE_DEFAULTS = {"default_model": "gauss"}  # what the servers on the oracle models run unless told otherwise
 
 
 def write_oracle_repository(root: Path) -> Path:
@@ -43,45 +41,35 @@ def oracle_repository(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def server(oracle_repository):
     """A shared in-process server (default model: gauss). Tests must not change its state."""
-    running = InProcessServer(test_settings(oracle_repository, default_model="gauss", max_active_edits=2))
-    yield running
-    running.stop()
+    with ServerFactory(oracle_repository, **ORACLE_DEFAULTS) as start:
+        yield start(max_active_edits=2)
 
 
 @pytest.fixture
 def make_server(oracle_repository):
-    """Starts servers with custom settings; stops them after the test."""
-    started = []
+    """Starts in-process servers with custom settings (a ServerFactory on the oracle models, default model
+    gauss, or on another `repository=`); stops them after the test."""
+    with ServerFactory(oracle_repository, **ORACLE_DEFAULTS) as start:
+        yield start
 
-    def factory(wrap_model=None, **overrides) -> InProcessServer:
-        overrides.setdefault("default_model", "gauss")
-        running = InProcessServer(test_settings(oracle_repository, **overrides), wrap_model=wrap_model)
-        started.append(running)
-        return running
 
-    yield factory
-    for running in started:
-        running.stop()
+@pytest.fixture(scope="module")
+def make_module_server(oracle_repository):
+    """make_server for module-scoped fixtures: its servers stop after the module's last test."""
+    with ServerFactory(oracle_repository, **ORACLE_DEFAULTS) as start:
+        yield start
 
 
 @pytest.fixture
 def serve(oracle_repository, tmp_path, request):
-    """Starts `sdedit serve` processes (default model gauss); logs are printed if the test fails."""
-    started = []
-
-    def start(*extra: str, tls_ca: Path | None = None, env: dict | None = None) -> ServeProcess:
-        process = ServeProcess(oracle_repository, "--default-model", "gauss", *extra, env=env, tls_ca=tls_ca,
-                               log_path=tmp_path / f"serve{len(started)}.log")
-        started.append(process)
-        process.wait_serving()
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+    """Starts `sdedit serve` processes (default model gauss, or on another `repository=`) and waits until they
+    serve; stops them after the test and prints their logs if it failed."""
+    def failed() -> bool:
         report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(f"--- sdedit serve log ---\n{process.output()}")
+        return report is not None and report.failed
+
+    with ServerFactory(oracle_repository, logs=tmp_path, failed=failed, **ORACLE_DEFAULTS) as start:
+        yield start.process
 
 
 @pytest.fixture
@@ -90,6 +78,12 @@ def redis_server(tmp_path):
     server = RedisServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def ca(tmp_path) -> CertificateAuthority:
+    """A certificate authority of this test's own."""
+    return CertificateAuthority(tmp_path / "ca")
 
 
 @pytest.fixture(scope="session")
@@ -102,21 +96,12 @@ def parity_repository(oracle_repository, tmp_path_factory) -> Path:
     return root
 
 
-def start_triton(model_dirs: list[Path], work: Path, **options) -> LocalTriton:
-    """A real tritonserver on free loopback ports serving the CPU variant of these models."""
-    return LocalTriton(write_cpu_repository(model_dirs, work / "repository"), work / "tritonserver.log", **options).start()
-
-
 @pytest.fixture(scope="session")
 def triton(parity_repository, tmp_path_factory):
     """One tritonserver for every test that leaves it running (fault tests start their own)."""
     server = start_triton(discover_models(parity_repository), tmp_path_factory.mktemp("triton"))
     yield server
     server.stop()
-
-
-def png(pixels: np.ndarray) -> bytes:
-    return encode_png(pixels if pixels.ndim == 3 else pixels[:, :, None])
 
 
 @pytest.fixture

@@ -9,10 +9,8 @@ import time
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
@@ -20,10 +18,9 @@ from sdedit.v1 import sdedit_pb2_grpc
 from service.client import Client, build_request
 from service.pipeline.imaging import decode_npy
 from service.server import server_options
-from tests.conftest import png
+from service.testing.servers import health_status, wait_for
+from tests.helpers import bad_fields, image_bytes, png
 from tests.models_for_tests import counting
-from tests.servers import InProcessServer, health_status, wait_for
-from tests.servers import test_settings as server_settings
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -58,13 +55,12 @@ def test_masked_edit_float_output_keeps_the_guide_exactly(server, guide16, mask1
 def test_masked_edit_of_a_colour_jpeg_keeps_the_decoded_pixels(server):
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="JPEG", quality=80)
-    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
+    jpeg = image_bytes(rgb, "JPEG", quality=80)
+    decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[:, 8:] = 255
     with Client(server.address) as client:
-        response = client.edit(build_request(buffer.getvalue(), mask=png(mask), t0=0.5, steps=10, seed=5, model="gauss-rgb"))
+        response = client.edit(build_request(jpeg, mask=png(mask), t0=0.5, steps=10, seed=5, model="gauss-rgb"))
     out = decode_png(response.images[0].data)
     assert out.shape == (16, 16, 3)
     np.testing.assert_array_equal(out[:, :8], decoded[:, :8])
@@ -89,11 +85,9 @@ def test_mask_conditions_the_regenerated_region(server):
 
 
 @pytest.fixture(scope="module")
-def uncached_server(oracle_repository):
+def uncached_server(make_module_server):
     """A server of this module's own with no result cache: every edit is computed."""
-    running = InProcessServer(server_settings(oracle_repository, default_model="gauss", max_active_edits=2, cache="none"))
-    yield running
-    running.stop()
+    return make_module_server(max_active_edits=2, cache="none")
 
 
 def computed(*responses: pb.EditResponse) -> bool:
@@ -246,15 +240,11 @@ def _truncated_png() -> bytes:
 
 
 def _gif() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(buffer, format="GIF")
-    return buffer.getvalue()
+    return image_bytes(np.zeros((16, 16), dtype=np.uint8), "GIF")
 
 
 def _jpeg_mask() -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((16, 16), 255, dtype=np.uint8)).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return image_bytes(np.full((16, 16), 255, dtype=np.uint8), "JPEG")
 
 
 G = png(np.zeros((16, 16), dtype=np.uint8))
@@ -301,13 +291,7 @@ def test_bad_request_is_invalid_argument_naming_the_field(server, case):
         error = raised.value
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, error.details())
         assert error.details().startswith(f"{field}: "), error.details()
-        status = rpc_status.from_call(error)
-        violations = []
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                violations += [v.field for v in bad.field_violations]
+        violations = bad_fields(error)
         assert violations == [field]
 
 

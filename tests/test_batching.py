@@ -17,7 +17,7 @@ from service.client import Client, build_request
 from service.config import PROJECT_ROOT
 from service.pipeline.imaging import decode_npy
 from service.sde import EditCancelled, EditParams, EditTrajectory, build_schedule, run_sdedit
-from tests.conftest import png
+from tests.helpers import png
 from tests.metrics_scrape import scrape, value
 
 # Mixed requests in one batch: t0, steps, samplers, spacings, masks, repeats and sample counts.
@@ -306,20 +306,15 @@ def test_num_samples_beyond_the_batch_is_invalid_argument(make_server, guide16):
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_images" in error.value.details()
 
 
-def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton, guide16):
-    from tests.servers import InProcessServer, triton_settings
-
-    server = InProcessServer(triton_settings(parity_repository, triton.url, shm=True, metrics_port=0, max_active_edits=16))
-    try:
-        requests = concurrent_requests(guide16)[:8]
-        calls, _ = solo_then_together(server, requests)
-        assert calls < sum(r.steps for r in requests)  # one infer call per tick carried several edits
-        pool = server.service.registry.get("gauss").backend.connection.shm
-        # one set (x, t, eps) per call in flight, each sized for a full batch, reused by every
-        # call: with Triton the scheduler keeps up to two calls in flight (pipeline_depth 0 -> 2)
-        assert len(pool.region_names()) in (3, 6), pool.region_names()
-    finally:
-        server.stop()
+def test_batched_edits_on_triton_equal_their_solo_runs(parity_repository, triton, make_server, guide16):
+    server = make_server.triton(triton.url, shm=True, repository=parity_repository, metrics_port=0, max_active_edits=16)
+    requests = concurrent_requests(guide16)[:8]
+    calls, _ = solo_then_together(server, requests)
+    assert calls < sum(r.steps for r in requests)  # one infer call per tick carried several edits
+    pool = server.service.registry.get("gauss").backend.connection.shm
+    # one set (x, t, eps) per call in flight, each sized for a full batch, reused by every
+    # call: with Triton the scheduler keeps up to two calls in flight (pipeline_depth 0 -> 2)
+    assert len(pool.region_names()) in (3, 6), pool.region_names()
 
 
 def _edits(gauss, count: int, steps: int, seed: int = 0) -> list[EditTrajectory]:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from service.config import Settings
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 
 @pytest.mark.slow

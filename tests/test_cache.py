@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from service import sde
 from service.backends.base import ModelInfo
@@ -33,9 +32,8 @@ from service.errors import Cancelled, ModelConfigError, Unavailable
 from service.pipeline.plan import prepare_job
 from service.requests import EditOutcome, EditRequestData, OutputImage
 from service.sde import EditParams
-from tests import servers
-from tests.conftest import VP, png
-from tests.servers import wait_for
+from service.testing.servers import local_settings, wait_for
+from tests.helpers import VP, image_bytes, png
 
 
 class Clock:
@@ -132,7 +130,7 @@ def test_memory_locks_are_exclusive_token_checked_and_expire():
 
 @pytest.fixture(scope="module")
 def settings(oracle_repository):
-    return servers.test_settings(oracle_repository, default_model="gauss")
+    return local_settings(oracle_repository, default_model="gauss")
 
 
 @pytest.fixture(scope="module")
@@ -189,9 +187,8 @@ def test_the_key_covers_every_field_that_changes_the_output(registry, settings, 
     assert key_of(steps=0) == key_of(steps=20)  # steps as used: the model's default_steps
     assert key_of(full_schedule=True, steps=0) == key_of(steps=500, sampler="ddpm", spacing="time_uniform")  # every level
     assert key_of(sampler="dpmpp_2m_sde", spacing="logsnr_uniform") == keys["base"]  # the defaults, named or not
-    buffer = io.BytesIO()
-    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(buffer, format="PNG", compress_level=9)
-    assert key_of(image=buffer.getvalue()) == keys["base"]  # same pixels, other PNG bytes
+    other_png = image_bytes(np.arange(256, dtype=np.uint8).reshape(16, 16), compress_level=9)
+    assert key_of(image=other_png) == keys["base"]  # same pixels, other PNG bytes
 
 
 def changed(value):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.client import Client, build_request
-from tests.conftest import png
+from tests.helpers import join_threads, png, start_threads
 
 pytestmark = pytest.mark.e2e
 LOOP_LOG_LINE = "running the SDEdit loop"  # logged (DEBUG) by every run of the loop
@@ -34,11 +34,7 @@ def test_identical_requests_on_two_processes_sharing_redis_run_the_loop_once(ser
         responses[i] = clients[i].edit(request, timeout=120)
         received[i] = time.monotonic()
 
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    join_threads(start_threads(send, range(8)), 120)
     for client in clients:
         client.close()
 

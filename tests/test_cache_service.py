@@ -22,10 +22,10 @@ from service.backends.oracle import gaussian_model
 from service.backends.repository import model_parameters, write_model
 from service.cache.codec import MAGIC, decode_entry
 from service.client import Client, build_request
-from tests.conftest import VP, png
+from service.testing.redis_server import RedisServer
+from service.testing.servers import health_status, wait_for
+from tests.helpers import VP, png
 from tests.models_for_tests import counting
-from tests.redis_server import RedisServer
-from tests.servers import health_status, wait_for
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NPY_SIGNATURE = b"\x93NUMPY"

@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from service.client import Client, build_request
-from tests.conftest import png
+from service.testing.servers import free_port, health_status, wait_for
 from tests.deploy_checks import SHUTDOWN_MARGIN_SECONDS
-from tests.servers import free_port, health_status, wait_for
+from tests.helpers import png
 
 pytestmark = pytest.mark.e2e
 SDEDIT = str(Path(sys.executable).parent / "sdedit")

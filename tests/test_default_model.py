@@ -16,9 +16,8 @@ from service.client import Client, build_request
 from service.config import Settings
 from service.pipeline.imaging import decode_npy
 from service.sde.schedules import alphas_cumprod, linear_betas
-from tests import servers
-from tests.conftest import png
-from tests.servers import ROOT, InProcessServer
+from service.testing.servers import ROOT
+from tests.helpers import png
 
 REPOSITORY = ROOT / "model_repository"
 DEFAULT = Settings().default_model
@@ -63,10 +62,8 @@ def test_the_network_predicts_the_noise_on_held_out_digits():
 
 
 @pytest.fixture(scope="module")
-def default_server():
-    running = InProcessServer(servers.test_settings(REPOSITORY, default_model=DEFAULT))
-    yield running
-    running.stop()
+def default_server(make_module_server):
+    return make_module_server(repository=REPOSITORY, default_model=DEFAULT)
 
 
 def test_each_sample_of_the_default_model_reproduces_alone_from_its_seed(default_server):

@@ -19,10 +19,9 @@ from grpc_health.v1 import health_pb2
 
 from service.client import Client, build_request
 from service.config import Settings
-from tests.conftest import png
+from service.testing.servers import free_port, health_status, terminate, wait_for
 from tests.deploy_checks import DEPLOY, ROOT, SHUTDOWN_MARGIN_SECONDS, env_pairs, image_pinned, read_dockerfile, settings_from_env, unknown_settings
-from tests.servers import free_port, health_status, terminate, wait_for
-from tests.test_metrics import promtool
+from tests.helpers import png, promtool
 
 DOCKER = DEPLOY / "docker"
 FETCHERS = re.compile(r"\b(pip|pip3|uv|apt-get|apt|apk|curl|wget|git|make|gcc|python -m build)\b")

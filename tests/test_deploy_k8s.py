@@ -28,7 +28,7 @@ from tests.deploy_checks import (
     settings_from_env,
     unknown_settings,
 )
-from tests.test_metrics import promtool
+from tests.helpers import promtool
 
 K8S = DEPLOY / "k8s"
 OVERLAYS = ("cpu", "gpu")

@@ -7,7 +7,7 @@ import re
 
 from benchmarks.loadtest_concurrency import markdown_table
 from service.config import Settings
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 API = (ROOT / "docs" / "api.md").read_text()
 LOADTEST = (ROOT / "docs" / "loadtest.md").read_text()

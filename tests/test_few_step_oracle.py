@@ -39,8 +39,6 @@ from service.backends.repository import model_parameters, write_model
 from service.client import Client, build_request
 from service.pipeline.imaging import decode_npy, encode_png
 from service.sde.schedules import SDESpec, build_schedule
-from tests import servers
-from tests.servers import InProcessServer
 
 MU, S = 0.25, 0.3
 GUIDE_PIXEL = 51  # -0.6 in the model's range
@@ -75,15 +73,13 @@ Z = NormalDist().inv_cdf(1.0 - ALPHA / (2 * COMPARISONS))
 
 
 @pytest.fixture(scope="module")
-def oracle_server(tmp_path_factory):
+def oracle_server(tmp_path_factory, make_module_server):
     root = tmp_path_factory.mktemp("few_step_oracle")
     for sde, spec in SPECS.items():
         write_model(root, f"gauss-{sde}", gaussian_model(spec, MU, S).SerializeToString(),
                     model_parameters(spec, SIDE, SIDE, 1, default_steps=CALLS, flexible_size=True, description="oracle"))
-    server = InProcessServer(servers.test_settings(root, default_model="gauss-vp_discrete", cache="none", max_num_samples=SAMPLES,
-                                           onnx_threads=1))
-    yield server
-    server.stop()
+    return make_module_server(repository=root, default_model="gauss-vp_discrete", cache="none", max_num_samples=SAMPLES,
+                              onnx_threads=1)
 
 
 def edit(server, case: Case, seed: int) -> np.ndarray:

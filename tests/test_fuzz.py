@@ -11,7 +11,6 @@ is within its budget. A longer run: `pytest tests/test_fuzz.py --fuzz-requests 2
 from __future__ import annotations
 
 import collections
-import io
 import math
 import struct
 import threading
@@ -23,11 +22,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from tests.servers import ServeProcess, health_status, peak_rss_mib
+from service.testing.servers import health_status, peak_rss_mib
+from tests.helpers import image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1024
@@ -36,12 +35,6 @@ ALLOWED = {
     grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED, grpc.StatusCode.ALREADY_EXISTS,
 }
-
-
-def encode(pixels: np.ndarray, kind: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=kind, **options)
-    return buffer.getvalue()
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -58,16 +51,16 @@ class Fuzzer:
     def __init__(self, seed: int):
         self.rng = np.random.default_rng(seed)
         good = self.rng.integers(0, 256, (16, 16), dtype=np.uint8)
-        self.good_png = encode(good)
-        self.good_jpeg = encode(good, "JPEG", quality=90)
-        self.good_mask = encode(np.where(np.arange(256).reshape(16, 16) % 2 == 0, 255, 0).astype(np.uint8))
-        self.black_mask = encode(np.zeros((16, 16), np.uint8))
+        self.good_png = image_bytes(good)
+        self.good_jpeg = image_bytes(good, "JPEG", quality=90)
+        self.good_mask = image_bytes(np.where(np.arange(256).reshape(16, 16) % 2 == 0, 255, 0).astype(np.uint8))
+        self.black_mask = image_bytes(np.zeros((16, 16), np.uint8))
         self.images = [
             self.good_png, self.good_jpeg, b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff",
             png_declaring(100_000, 100_000), png_declaring(1024, 1024), png_declaring(0, 16), png_declaring(2**31 - 1, 1),
-            encode(np.zeros((40, 24), np.uint8)), encode(np.zeros((64, 64, 3), np.uint8)),
-            encode(np.zeros((16, 16, 4), np.uint8)), encode(np.zeros((2048, 1024), np.uint8)),  # over max_pixels
-            encode(np.zeros((16, 16), np.uint16)), b"GIF89a" + bytes(40),
+            image_bytes(np.zeros((40, 24), np.uint8)), image_bytes(np.zeros((64, 64, 3), np.uint8)),
+            image_bytes(np.zeros((16, 16, 4), np.uint8)), image_bytes(np.zeros((2048, 1024), np.uint8)),  # over max_pixels
+            image_bytes(np.zeros((16, 16), np.uint16)), b"GIF89a" + bytes(40),
         ]
 
     def choice(self, values):
@@ -97,7 +90,7 @@ class Fuzzer:
             request.image = self.choice(self.images) if self.rng.random() < 0.5 else self.mutate(self.choice(self.images[:2]))
         elif kind == "mask":
             request.mask = self.choice([self.good_mask, self.black_mask, self.mutate(self.good_mask), self.good_jpeg,
-                                        encode(np.zeros((8, 8), np.uint8)), png_declaring(5000, 5000)])
+                                        image_bytes(np.zeros((8, 8), np.uint8)), png_declaring(5000, 5000)])
         elif kind == "field":
             self.break_a_field(request)
         timeout = float(self.rng.uniform(0.001, 0.05)) if kind == "deadline" else 10.0
@@ -157,33 +150,28 @@ def send(channel: grpc.Channel, kind: str, payload, timeout: float) -> grpc.Stat
 
 
 
-def test_fuzzing_the_grpc_surface_gets_no_unknown_and_no_internal(oracle_repository, tmp_path, request):
+def test_fuzzing_the_grpc_surface_gets_no_unknown_and_no_internal(serve, request):
     count = request.config.getoption("--fuzz-requests")
-    server = ServeProcess(oracle_repository, "--default-model", "gauss", "--memory-budget-mib", str(BUDGET_MIB),
-                          "--max-queue", "64", "--max-active-edits", "2", log_path=tmp_path / "serve.log")
-    try:
-        server.wait_serving(60)
-        fuzzer = Fuzzer(SEED)
-        cases = [fuzzer.request() for _ in range(count)]  # drawn up front: the same cases every run
-        results: collections.Counter[tuple[str, str]] = collections.Counter()
-        lock = threading.Lock()
-        started = time.monotonic()
-        with grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(8) as pool:
-            def run(case):
-                code = send(channel, *case)
-                with lock:
-                    results[(case[0], code.name)] += 1
-                return code
-            codes = list(pool.map(run, cases))
-        seconds = time.monotonic() - started
-        assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING, server.output()
-        assert server.process.poll() is None
-        peak = peak_rss_mib(server.process.pid)
-        print(f"\n{count} fuzzed requests in {seconds:.1f} s; peak RSS {peak:.0f} MiB;", dict(sorted(results.items())))
-        bad = {code.name for code in codes} - {code.name for code in ALLOWED}
-        assert not bad, (bad, dict(results), server.output()[-5000:])
-        assert results[("valid", "OK")] > 0 and sum(n for (_, c), n in results.items() if c == "INVALID_ARGUMENT") > count // 4
-        assert peak <= BUDGET_MIB
-        assert "Traceback" not in server.output(), server.output()[-5000:]
-    finally:
-        server.stop()
+    server = serve("--memory-budget-mib", str(BUDGET_MIB), "--max-queue", "64", "--max-active-edits", "2")
+    fuzzer = Fuzzer(SEED)
+    cases = [fuzzer.request() for _ in range(count)]  # drawn up front: the same cases every run
+    results: collections.Counter[tuple[str, str]] = collections.Counter()
+    lock = threading.Lock()
+    started = time.monotonic()
+    with grpc.insecure_channel(server.address) as channel, ThreadPoolExecutor(8) as pool:
+        def run(case):
+            code = send(channel, *case)
+            with lock:
+                results[(case[0], code.name)] += 1
+            return code
+        codes = list(pool.map(run, cases))
+    seconds = time.monotonic() - started
+    assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING, server.output()
+    assert server.process.poll() is None
+    peak = peak_rss_mib(server.process.pid)
+    print(f"\n{count} fuzzed requests in {seconds:.1f} s; peak RSS {peak:.0f} MiB;", dict(sorted(results.items())))
+    bad = {code.name for code in codes} - {code.name for code in ALLOWED}
+    assert not bad, (bad, dict(results), server.output()[-5000:])
+    assert results[("valid", "OK")] > 0 and sum(n for (_, c), n in results.items() if c == "INVALID_ARGUMENT") > count // 4
+    assert peak <= BUDGET_MIB
+    assert "Traceback" not in server.output(), server.output()[-5000:]

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from google.rpc import status_pb2
 
-from tests.certs import CertificateAuthority
-from tests.conftest import png
-from tests.servers import ROOT
+from service.testing.servers import ROOT
+from tests.helpers import png
 
 NODE_TOOLS = ROOT / ".tools" / "node"
 TOKEN = "node-client-" + "5" * 32
@@ -36,8 +35,7 @@ def grpc_js() -> None:
 GOOGLEAPIS = str(Path(status_pb2.__file__).parents[2])
 
 
-def test_grpc_js_edits_over_tls_with_a_token_and_is_refused_without_one(grpc_js, make_server, tmp_path, guide16):
-    ca = CertificateAuthority(tmp_path / "ca")
+def test_grpc_js_edits_over_tls_with_a_token_and_is_refused_without_one(grpc_js, make_server, ca, tmp_path, guide16):
     pair = ca.issue("server")
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps({"tenants": [{"name": "node", "token": TOKEN}]}))

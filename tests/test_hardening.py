@@ -12,8 +12,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
@@ -24,7 +22,7 @@ from service.pipeline.admission import Admission
 from service.pipeline.progress import ProgressBacklog
 from service.requests import ProgressUpdate
 from service.sde import Progress
-from tests.conftest import png
+from tests.helpers import bad_fields, image_bytes, png
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting
 
@@ -46,13 +44,7 @@ def raw_call(address: str, method: str, payload: bytes, stream: bool = False) ->
 
 
 def bad_field(error: grpc.RpcError) -> str:
-    status = rpc_status.from_call(error)
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            return bad.field_violations[0].field
-    return ""
+    return next(iter(bad_fields(error)), "")
 
 
 def edit_error(address: str, request: pb.EditRequest, timeout: float = 30) -> grpc.RpcError:
@@ -62,17 +54,12 @@ def edit_error(address: str, request: pb.EditRequest, timeout: float = 30) -> gr
 
 
 def flat_png(width: int, height: int, channels: int = 1) -> bytes:
-    image = Image.new("L" if channels == 1 else "RGB", (width, height), 128)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_bytes(Image.new("L" if channels == 1 else "RGB", (width, height), 128))
 
 
 def tiny_jpeg_declaring(width: int, height: int) -> bytes:
     """A few hundred bytes whose JPEG header declares width x height (the scan is cut off)."""
-    buffer = io.BytesIO()
-    Image.new("L", (width, height), 0).save(buffer, format="JPEG", quality=1)
-    data = buffer.getvalue()
+    data = image_bytes(Image.new("L", (width, height), 0), "JPEG", quality=1)
     return data[: data.index(b"\xff\xda") + 20]  # the header and the start of the scan
 
 
@@ -112,15 +99,11 @@ def test_malformed_requests_are_logged_once_per_interval(make_server, caplog):
 
 
 @pytest.fixture(scope="module")
-def shipped_server():
+def shipped_server(make_module_server):
     """An in-process server on the shipped repository (digits is the default), cache off."""
     from service.config import PROJECT_ROOT
-    from tests.servers import InProcessServer, test_settings
 
-    running = InProcessServer(test_settings(PROJECT_ROOT / "model_repository", cache="none", metrics_port=0),
-                              wrap_model=counting())
-    yield running
-    running.stop()
+    return make_module_server(counting(), repository=PROJECT_ROOT / "model_repository", cache="none", metrics_port=0)
 
 
 def network_calls(server) -> int:

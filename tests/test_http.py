@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import ssl
 import threading
 import time
 
@@ -19,15 +17,10 @@ from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import build_request
 from service.client.connection import Connection
-from tests.certs import CertificateAuthority, ServedFiles, serial_of
-from tests.conftest import png
+from service.testing.servers import wait_for
+from tests.certs import ServedFiles, serial_of
+from tests.helpers import TOKEN_A, TOKEN_B, b64, png, served_serial, two_tenants, write_tokens
 from tests.models_for_tests import counting
-from tests.servers import wait_for
-from tests.test_security import TOKEN_A, TOKEN_B, two_tenants
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
 
 
 def grpc_edit(srv, request: pb.EditRequest) -> pb.EditResponse:
@@ -276,7 +269,6 @@ def test_tokens_rights_and_models_are_the_grpc_ones(make_server, tmp_path, guide
 
 def test_another_tenants_job_is_not_found(make_server, tmp_path, guide16):
     from service.tenancy.tenants import hash_token
-    from tests.test_security import write_tokens
 
     tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token_sha256": [hash_token(TOKEN_A)]},
                                                     {"name": "b", "token": TOKEN_B}])
@@ -347,16 +339,7 @@ def test_the_http_port_is_off_with_minus_one(make_server):
     assert srv.running.http is None and srv.running.http_port is None
 
 
-def served_serial(port: int) -> str:
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    return serial_of(ssl.DER_cert_to_PEM_cert(der).encode())
-
-
-def test_https_uses_the_grpc_certificate_and_follows_its_rotation(make_server, tmp_path):
-    ca = CertificateAuthority(tmp_path / "ca")
+def test_https_uses_the_grpc_certificate_and_follows_its_rotation(make_server, ca, tmp_path):
     first, second = ca.issue("server-1"), ca.issue("server-2")
     served = ServedFiles(tmp_path / "served", first)
     cert, key = served.cert, served.key

@@ -15,8 +15,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from sdedit.v1 import sdedit_pb2
 from service.transport.http.routes import ROUTES
-from tests.conftest import png
-from tests.test_http import b64
+from tests.helpers import b64, png
 
 EXAMPLES_PER_OPERATION = 50
 CALL_TIMEOUT_SECONDS = 10.0  # each request's own deadline

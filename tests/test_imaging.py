@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from service.errors import InvalidArgument
 from service.pipeline.imaging import decode_image, decode_mask, encode_png, to_model_range, to_pixels
-
-
-def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+from tests.helpers import image_bytes
 
 
 def test_every_pixel_value_survives_the_round_trip():
@@ -33,15 +26,15 @@ def test_modes_convert_to_the_model_channels(mode):
         image = Image.fromarray(grey.astype(np.uint16) * 257)
     else:
         image = Image.fromarray(grey).convert(mode)
-    one = decode_image(encode(image), channels=1, max_pixels=1000)
-    three = decode_image(encode(image), channels=3, max_pixels=1000)
+    one = decode_image(image_bytes(image), channels=1, max_pixels=1000)
+    three = decode_image(image_bytes(image), channels=3, max_pixels=1000)
     assert one.shape == (8, 8, 1) and three.shape == (8, 8, 3)
     if mode in ("L", "RGB", "I;16", "LA", "RGBA"):
         np.testing.assert_array_equal(one[:, :, 0], grey)
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    data = encode(Image.new("L", (2000, 2000)))
+    data = image_bytes(Image.new("L", (2000, 2000)))
     with pytest.raises(InvalidArgument, match="over the limit"):
         decode_image(data, 1, max_pixels=1000)
 

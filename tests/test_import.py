@@ -26,7 +26,7 @@ from service.cli import main as cli_main
 from service.client import Client, build_request
 from service.pipeline.imaging import decode_npy, encode_png, to_model_range
 from service.sde import EditParams, GaussianNoise, SDESpec, build_schedule, run_sdedit
-from tests.servers import InProcessServer, test_settings
+from tests.helpers import ServerFactory
 
 torch = pytest.importorskip("torch", reason="sdedit import needs torch (the train extra)")
 diffusers = pytest.importorskip("diffusers", reason="sdedit import needs diffusers (the dev extra)")
@@ -156,15 +156,12 @@ def eps_fn_ncsnpp(unet, spec: SDESpec):
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ncsnpp"])
-def test_served_edit_equals_in_process_diffusers(repository, sources, name):
+def test_served_edit_equals_in_process_diffusers(repository, sources, name, make_server):
     pixels = np.random.default_rng(5).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    server = InProcessServer(test_settings(repository, default_model=name, cache="none"))
-    try:
-        with Client(server.address) as client:
-            response = client.edit(build_request(encode_png(pixels), t0=0.6, steps=5, sampler="dpmpp_2m_sde",
-                                                 spacing="logsnr_uniform", seed=11, npy=True), timeout=120)
-    finally:
-        server.stop()
+    server = make_server(repository=repository, default_model=name, cache="none")
+    with Client(server.address) as client:
+        response = client.edit(build_request(encode_png(pixels), t0=0.6, steps=5, sampler="dpmpp_2m_sde",
+                                             spacing="logsnr_uniform", seed=11, npy=True), timeout=120)
     served = decode_npy(response.images[0].data)
     info = load_model_info(repository / name)
     eps_fn = eps_fn_ddpm(sources["ddpm"]) if name == "ddpm" else eps_fn_ncsnpp(sources["ncsnpp"], info.sde)
@@ -332,10 +329,8 @@ def test_triton_backend_honours_the_convention(repository, tmp_path):
     outputs = []
     with LocalTriton(cpu_repository([repository], tmp_path / "cpu"), tmp_path / "triton.log") as triton:
         for overrides in ({}, {"backend": "triton", "triton_url": triton.url}):
-            server = InProcessServer(test_settings(repository, default_model="ncsnpp", cache="none", **overrides))
-            try:
+            with ServerFactory(repository) as start:  # each server stops before Triton does
+                server = start(default_model="ncsnpp", cache="none", **overrides)
                 with Client(server.address) as client:
                     outputs.append(decode_npy(client.edit(request, timeout=120).images[0].data))
-            finally:
-                server.stop()
     assert np.abs(outputs[0] - outputs[1]).max() < 1e-4

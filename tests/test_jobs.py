@@ -13,8 +13,8 @@ from google.rpc import code_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
-from tests.conftest import png
-from tests.servers import wait_for
+from service.testing.servers import wait_for
+from tests.helpers import get_job, png
 
 JOB_FLAGS = ("--job-poll-seconds", "0.1")
 
@@ -27,13 +27,9 @@ def long_request(seed: int | None = 21, size: int = 64, steps: int = 1000, repea
     return build_request(guide(size, seed or 0), t0=1.0, steps=steps, repeats=repeats, seed=seed)
 
 
-def get(client: Client, job_id: str) -> pb.Job:
-    return client.stub.GetJob(pb.GetJobRequest(id=job_id), timeout=10)
-
-
 def wait_state(client: Client, job_id: str, states, timeout: float = 60) -> pb.Job:
-    wait_for(lambda: get(client, job_id).state in states, timeout, 0.05, f"job {job_id} in {states}")
-    return get(client, job_id)
+    wait_for(lambda: get_job(client, job_id).state in states, timeout, 0.05, f"job {job_id} in {states}")
+    return get_job(client, job_id)
 
 
 # --- in memory, in process ----------------------------------------------------------------
@@ -49,7 +45,7 @@ def test_a_job_runs_to_the_result_a_direct_edit_gives(make_server, guide16, mask
         kinds = [e.WhichOneof("event") for e in events]
         assert kinds == ["progress"] * 12 + ["result"]
         assert [e.sequence for e in events] == list(range(1, 14))
-        done = get(client, job.id)
+        done = get_job(client, job.id)
         assert done.state == pb.JOB_STATE_SUCCEEDED and done.attempts == 1 and done.progress.step == 12
         assert done.end_time.ToNanoseconds() >= done.start_time.ToNanoseconds() >= done.create_time.ToNanoseconds()
         assert done.expire_time.seconds - done.end_time.seconds == 86400
@@ -178,7 +174,7 @@ def test_a_killed_replica_s_jobs_are_reclaimed_and_every_job_survives_a_restart(
     survivor.stop()  # every replica gone; a new one still answers within the TTL
     fresh = serve(*flags)
     with Client(fresh.address) as client:
-        assert [get(client, i) for i in ids] == jobs
+        assert [get_job(client, i) for i in ids] == jobs
         listed = client.stub.ListJobs(pb.ListJobsRequest(page_size=100)).jobs
         assert {j.id for j in listed} == set(ids)
     with redis_server.client() as redis:

@@ -20,9 +20,9 @@ from service.loadtest.report import DEFAULT_MAX_ERROR_RATE, SLO, percentile
 from service.loadtest.runner import LoadPlan
 from service.loadtest.triton import difference, parse
 from service.loadtest.workload import FIXED, FRESH, RequestOptions, Workload, WorkloadError
+from service.testing.servers import ROOT, free_port
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting
-from tests.servers import ROOT, InProcessServer, ServeProcess, free_port, triton_settings
 
 SCHEMA = json.loads((ROOT / "docs" / "loadtest.schema.json").read_text())
 validate_report = fastjsonschema.compile(SCHEMA)
@@ -312,43 +312,32 @@ def test_an_unreachable_triton_does_not_fail_the_run(server):
 # --- end to end: the console scripts --------------------------------------------------------------
 
 @pytest.mark.e2e
-def test_sdedit_loadtest_against_sdedit_serve(oracle_repository, tmp_path):
+def test_sdedit_loadtest_against_sdedit_serve(serve):
     metrics_port = free_port()
-    serve = ServeProcess(oracle_repository, "--default-model", "gauss", "--metrics-port", str(metrics_port),
-                         log_path=tmp_path / "serve.log")
-    try:
-        serve.wait_serving()
-        sdedit = str(Path(sys.executable).parent / "sdedit")
-        run = subprocess.run([sdedit, "loadtest", "--address", serve.address, "--concurrency", "2", "--requests", "6",
-                              "--warmup", "0", "--steps", "4", "--json", "-"], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr
-        report = json.loads(run.stdout)
-        validate_report(report)
-        assert "closed loop, concurrency 2" in run.stderr  # the table goes to stderr when JSON takes stdout
-        text = scrape(metrics_port)
-        assert value(text, "sdedit_edit_seconds_count", model="gauss", cached="false") == report["requests"]["ok"] == 6
-        # 6 edits x 4 steps of one sample; concurrent edits share calls (step-level batching)
-        assert value(text, "sdedit_network_batch_size_sum", model="gauss") == 6 * 4
-        assert value(text, "sdedit_network_calls_total", model="gauss") <= 6 * 4
-        health = dict(grpc_type="unary", grpc_service="grpc.health.v1.Health", grpc_method="Check", grpc_code="OK")
-        assert value(text, "grpc_server_handled_total", **health) >= 1  # the readiness polls count too
-    except BaseException:
-        print(serve.output())
-        raise
-    finally:
-        serve.stop()
+    process = serve("--metrics-port", str(metrics_port))
+    sdedit = str(Path(sys.executable).parent / "sdedit")
+    run = subprocess.run([sdedit, "loadtest", "--address", process.address, "--concurrency", "2", "--requests", "6",
+                          "--warmup", "0", "--steps", "4", "--json", "-"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    validate_report(report)
+    assert "closed loop, concurrency 2" in run.stderr  # the table goes to stderr when JSON takes stdout
+    text = scrape(metrics_port)
+    assert value(text, "sdedit_edit_seconds_count", model="gauss", cached="false") == report["requests"]["ok"] == 6
+    # 6 edits x 4 steps of one sample; concurrent edits share calls (step-level batching)
+    assert value(text, "sdedit_network_batch_size_sum", model="gauss") == 6 * 4
+    assert value(text, "sdedit_network_calls_total", model="gauss") <= 6 * 4
+    health = dict(grpc_type="unary", grpc_service="grpc.health.v1.Health", grpc_method="Check", grpc_code="OK")
+    assert value(text, "grpc_server_handled_total", **health) >= 1  # the readiness polls count too
 
 
-def test_loadtest_reads_a_real_tritons_counters(parity_repository, triton):
+def test_loadtest_reads_a_real_tritons_counters(parity_repository, triton, make_server):
     """Against the service on a real tritonserver: every network call of the run is one
     Triton request carrying the edit's samples as its batch (one caller: nothing to merge)."""
     requests, steps, samples = 4, 3, 2
-    srv = InProcessServer(triton_settings(parity_repository, triton.url, shm=False))
-    try:
-        report = loadtest(srv.address, triton_url=f"http://{triton.host}:{triton.metrics_port}/metrics",
-                          options=RequestOptions(steps=steps, num_samples=samples, sizes=((16, 16),)), requests=requests)
-    finally:
-        srv.stop()
+    srv = make_server.triton(triton.url, shm=False, repository=parity_repository)
+    report = loadtest(srv.address, triton_url=f"http://{triton.host}:{triton.metrics_port}/metrics",
+                      options=RequestOptions(steps=steps, num_samples=samples, sizes=((16, 16),)), requests=requests)
     assert report["triton"]["error"] is None
     gauss = report["triton"]["models"]["gauss"]
     assert gauss["requests"] == gauss["executions"] == requests * steps

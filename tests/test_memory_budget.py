@@ -10,18 +10,17 @@ took the process past 9 GB.
 
 from __future__ import annotations
 
-import io
 import re
 
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
-from tests.servers import ServeProcess, peak_rss_mib
+from service.testing.servers import peak_rss_mib
+from tests.helpers import ServerFactory, image_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1536  # leaves ~1.2 GiB for edits: one 256x256 sample of digits (~0.8 GiB estimated)
@@ -30,20 +29,13 @@ BUDGET_MIB = 1536  # leaves ~1.2 GiB for edits: one 256x256 sample of digits (~0
 
 def noisy_png(width: int, height: int, channels: int) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 256, (height, width, channels), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_bytes(pixels[:, :, 0] if channels == 1 else pixels)
 
 
 @pytest.fixture(scope="module")
 def budgeted_server(tmp_path_factory):
-    server = ServeProcess(PROJECT_ROOT / "model_repository", "--memory-budget-mib", str(BUDGET_MIB), "--cache", "none",
-                          "--max-active-edits", "1", log_path=tmp_path_factory.mktemp("logs") / "serve.log")
-    try:
-        server.wait_serving(120)
-        yield server
-    finally:
-        server.stop()
+    with ServerFactory(PROJECT_ROOT / "model_repository", logs=tmp_path_factory.mktemp("logs")) as start:
+        yield start.process("--memory-budget-mib", str(BUDGET_MIB), "--cache", "none", "--max-active-edits", "1", wait=120)
 
 
 def models(address: str) -> list[pb.ModelInfo]:

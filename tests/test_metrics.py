@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import threading
 from collections import Counter
 
 import grpc
@@ -16,11 +13,10 @@ import pytest
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
-from tests.conftest import png
+from service.testing.servers import ROOT, wait_for
+from tests.helpers import join_threads, png, promtool, start_threads
 from tests.metrics_scrape import key, samples, scrape, value
 from tests.models_for_tests import counting
-from tests.servers import ROOT, InProcessServer, wait_for
-from tests.servers import test_settings as settings_for
 
 EDITOR = "sdedit.v1.ImageEditor"
 UNARY, STREAM = "unary", "server_stream"
@@ -125,16 +121,13 @@ def run_known_workload(address: str, guide: np.ndarray) -> dict:
 
 
 @pytest.fixture(scope="module")
-def workload(oracle_repository):
+def workload(make_module_server):
     """A server with its metrics endpoint, after the known workload: (exposition, expectations)."""
-    server = InProcessServer(settings_for(oracle_repository, default_model="gauss", metrics_port=0))
-    try:
-        server.service.registry.get("gauss-ve").backend.close()
-        guide = np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)
-        expected = run_known_workload(server.address, guide)
-        yield scrape(server.running.metrics_port), expected
-    finally:
-        server.stop()
+    server = make_module_server(metrics_port=0)
+    server.service.registry.get("gauss-ve").backend.close()
+    guide = np.random.default_rng(3).integers(0, 256, (16, 16), dtype=np.uint8)
+    expected = run_known_workload(server.address, guide)
+    return scrape(server.running.metrics_port), expected
 
 
 def is_count(name: str) -> bool:
@@ -184,13 +177,6 @@ def test_info_metrics_describe_the_build_and_the_models(workload):
     assert len(build) == 1 and build[0]["version"]
 
 
-def promtool() -> str:
-    found = shutil.which("promtool", path=f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        pytest.fail("promtool is missing: `make test` installs it (scripts/install-promtool.sh)")
-    return found
-
-
 def test_promtool_finds_no_problem_in_the_exposition(workload):
     text, _ = workload
     result = subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
@@ -214,13 +200,10 @@ def test_in_flight_and_queue_depth_gauges_are_live(make_server, guide16):
         with Client(srv.address) as client:
             client.edit(build_request(png(guide16), t0=0.5, steps=10, seed=seed))
 
-    threads = [threading.Thread(target=one_edit, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
+    threads = start_threads(one_edit, range(3))
     wait_for(lambda: value(scrape(port), "sdedit_edits_in_flight") == 3, 10, what="3 edits in flight")
     assert value(scrape(port), "sdedit_queue_depth") == 2
-    for thread in threads:
-        thread.join(30)
+    join_threads(threads, 30)
     text = scrape(port)
     assert value(text, "sdedit_edits_in_flight") == 0 and value(text, "sdedit_queue_depth") == 0
     assert value(text, "sdedit_queue_wait_seconds_count") == 3

@@ -16,7 +16,7 @@ from service.backends.repository import discover_models, load_model_info, read_c
 from service.config import load_settings
 from service.errors import ModelConfigError
 from service.sde import build_schedule
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 SHIPPED = ROOT / "model_repository"
 

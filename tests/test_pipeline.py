@@ -17,7 +17,7 @@ from service.client import Client, Connection, build_request
 from service.pipeline.imaging import encode_png
 from service.pipeline.plan import decode_plan, encode_plan
 from service.requests import EditRequestData
-from tests.servers import wait_for
+from service.testing.servers import wait_for
 
 TOKEN = "pipeline-token-0123456789"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 
 def test_generated_code_matches_the_proto(tmp_path):

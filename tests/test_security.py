@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import ssl
 import time
 
 import grpc
@@ -14,31 +13,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.client import Client, build_request
 from service.client.connection import Connection
+from service.testing.servers import free_port
 from tests.certs import CertificateAuthority, ServedFiles, serial_of
-from tests.conftest import png
+from tests.helpers import TOKEN_A, TOKEN_B, png, served_serial, status_details, two_tenants, write_tokens
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates "
                                 "(scripts/install_test_tools.sh installs it)")
 
 
-@pytest.fixture
-def ca(tmp_path) -> CertificateAuthority:
-    return CertificateAuthority(tmp_path / "ca")
-
-
 def health(connection: Connection, timeout: float = 5) -> int:
     with connection.channel() as channel:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
-
-
-def served_serial(port: int) -> str:
-    """The serial number of the certificate the server presents to a new connection."""
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
-        der = tls.getpeercert(binary_form=True)
-    return serial_of(ssl.DER_cert_to_PEM_cert(der).encode())
 
 
 def edit_request(guide16, **kwargs):
@@ -110,29 +95,8 @@ def test_tls_settings_that_conflict_fail_at_start_up():
 
 # --- tokens and tenants ------------------------------------------------------------------
 
-TOKEN_A = "tok-a-" + "7" * 32
-TOKEN_B = "tok-b-" + "9" * 32
-
-
-def write_tokens(path, tenants: list[dict]):
-    import json
-
-    path.write_text(json.dumps({"tenants": tenants}))
-    return path
-
-
-def two_tenants(path, **light):
-    """Tenant a by its token's hash (the recommended form), b by the token itself."""
-    from service.tenancy.tenants import hash_token
-
-    return write_tokens(path, [{"name": "a", "token_sha256": [hash_token(TOKEN_A)]},
-                               {"name": "b", "token": TOKEN_B, "models": ["gauss"], "methods": ["Edit"], **light}])
-
-
 def code_of(call) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as raised:
-        call()
-    return raised.value.code()
+    return refused(call).code()
 
 
 def test_no_token_or_a_wrong_one_is_unauthenticated_a_good_one_works_and_health_is_open(make_server, tmp_path, guide16):
@@ -370,14 +334,9 @@ def test_a_heavy_tenant_cannot_starve_a_light_one(make_server, tmp_path, guide16
 def retry_delay(error: grpc.RpcError) -> float | None:
     """The google.rpc.RetryInfo delay of an error, in seconds."""
     from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
 
-    for detail in rpc_status.from_call(error).details:
-        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            return info.retry_delay.ToTimedelta().total_seconds()
-    return None
+    infos = status_details(error, error_details_pb2.RetryInfo)
+    return infos[0].retry_delay.ToTimedelta().total_seconds() if infos else None
 
 
 def refused(call) -> grpc.RpcError:
@@ -445,8 +404,6 @@ def test_max_in_flight_refuses_an_edit_beyond_it_until_one_ends(make_server, tmp
 
 @pytest.mark.parametrize("fail_open", [True, False])
 def test_with_redis_down_quotas_fail_open_or_closed_as_set_and_say_so_in_metrics(make_server, tmp_path, guide16, fail_open):
-    from tests.servers import free_port
-
     tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "work_per_minute": 1000}])
     srv = make_server(auth_tokens_file=str(tokens), cache="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0",
                       quota_fail_open=fail_open, redis_timeout_seconds=0.2)
@@ -543,8 +500,6 @@ def test_the_metrics_endpoint_binds_loopback_by_default_and_stays_bounded(make_s
 
 def test_a_plaintext_health_port_answers_probes_while_the_grpc_port_serves_tls_only(make_server, ca):
     from service.client import Client as EditClient
-    from tests.servers import free_port
-
     pair = ca.issue("server")
     srv = make_server(tls_cert_file=str(pair.cert), tls_key_file=str(pair.key), health_port=free_port())
     probe = Connection(f"127.0.0.1:{srv.running.health_port}")

@@ -80,7 +80,7 @@ def test_every_setting_is_documented():
     """Docs match the code: each setting's flag appears in the README, deploy/README.md or docs/."""
     import dataclasses
 
-    from tests.servers import ROOT
+    from service.testing.servers import ROOT
 
     pages = [ROOT / "README.md", ROOT / "deploy" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     docs = "".join(page.read_text() for page in pages)
@@ -92,7 +92,7 @@ def test_docs_settings_md_is_made_from_the_settings():
     """docs/settings.md lists every flag, its variable, default and help as declared: a setting
     added, renamed or changed without `make docs` fails here, naming the rows that differ."""
     from service.config.docs import markdown
-    from tests.servers import ROOT
+    from service.testing.servers import ROOT
 
     page, expected = (ROOT / "docs" / "settings.md").read_text(), markdown()
     stale = [line for line in expected.splitlines() if line not in page.splitlines()]

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,9 +28,8 @@ from service.client import Client, build_request
 from service.config import Settings
 from service.errors import BackendError, DeadlineExceeded, ServiceError
 from service.pipeline.imaging import decode_npy
-from tests.conftest import png
-from tests.servers import InProcessServer, ServeProcess, health_status, shm_files, triton_regions, triton_settings, wait_for
-from tests.servers import test_settings as service_settings
+from service.testing.servers import health_status, shm_files, triton_regions, triton_settings, wait_for
+from tests.helpers import ServerFactory, join_threads, png, start_threads
 
 DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
 PARITY_MODELS = ["gauss", "gauss-ve", "mix", "gauss-rgb", DEFAULT_MODEL]
@@ -39,17 +37,14 @@ TOLERANCE = 1e-4  # float32 through two runtimes of the same graph; measured dif
 
 
 @pytest.fixture(scope="module")
-def embedded(parity_repository):
-    srv = InProcessServer(service_settings(parity_repository, default_model="gauss"))
-    yield srv
-    srv.stop()
+def embedded(parity_repository, make_module_server):
+    return make_module_server(repository=parity_repository, default_model="gauss")
 
 
 @pytest.fixture(scope="module", params=["grpc", "shm"])
 def via_triton(request, parity_repository, triton):
-    srv = InProcessServer(triton_settings(parity_repository, triton.url, shm=request.param == "shm"))
-    yield srv
-    srv.stop()
+    with ServerFactory(parity_repository) as start:  # a factory of its own: each parameter's server stops before the next starts
+        yield start.triton(triton.url, shm=request.param == "shm")
 
 
 def _guide_and_mask(height: int, width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -104,11 +99,7 @@ def test_concurrent_calls_use_their_own_regions_registered_once_and_freed(parity
             if difference > TOLERANCE:
                 problems.append(f"worker {worker} call {call}: {difference}")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    join_threads(start_threads(work, range(4)), 60)
     assert not problems
     held = connection.shm.region_names()
     assert 3 <= len(held) <= 3 * 4 * 2  # (x, t, eps) per call in flight, a few sizes; reused, not per call
@@ -311,19 +302,15 @@ def test_start_up_fails_clearly_when_triton_cannot_map_our_shared_memory(tmp_pat
 
 
 @pytest.mark.e2e
-def test_sdedit_serve_with_the_triton_backend(parity_repository, triton, tmp_path, guide16):
-    process = ServeProcess(parity_repository, "--default-model", "gauss", "--backend", "triton", "--triton-url", triton.url,
-                           env={"SDEDIT_TRITON_SHARED_MEMORY": "true"}, log_path=tmp_path / "serve.log")
-    try:
-        process.wait_serving()
-        assert health_status(process.address) == health_pb2.HealthCheckResponse.SERVING
-        with Client(process.address) as client:
-            assert {m.name for m in client.list_models(timeout=10)} >= set(PARITY_MODELS)
-            response = client.edit(build_request(png(guide16), t0=0.5, steps=5, seed=3), timeout=60)
-            assert response.model == "gauss" and len(response.images) == 1
-            with pytest.raises(grpc.RpcError) as raised:
-                client.edit(build_request(png(guide16), model="nope"), timeout=10)
-            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "triton_shared_memory=True" in process.output()
-    finally:
-        process.stop()
+def test_sdedit_serve_with_the_triton_backend(parity_repository, triton, serve, guide16):
+    process = serve("--default-model", "gauss", "--backend", "triton", "--triton-url", triton.url, repository=parity_repository,
+                    env={"SDEDIT_TRITON_SHARED_MEMORY": "true"})
+    assert health_status(process.address) == health_pb2.HealthCheckResponse.SERVING
+    with Client(process.address) as client:
+        assert {m.name for m in client.list_models(timeout=10)} >= set(PARITY_MODELS)
+        response = client.edit(build_request(png(guide16), t0=0.5, steps=5, seed=3), timeout=60)
+        assert response.model == "gauss" and len(response.images) == 1
+        with pytest.raises(grpc.RpcError) as raised:
+            client.edit(build_request(png(guide16), model="nope"), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "triton_shared_memory=True" in process.output()

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2
 from service.backends.triton import TritonConnection
 from service.client import Client, build_request
 from service.server import LIVENESS
-from tests.conftest import png, start_triton
-from tests.servers import InProcessServer, health_status, shm_files, triton_regions, triton_settings, wait_for
+from service.testing.servers import health_status, shm_files, triton_regions, triton_settings, wait_for
+from tests.helpers import join_threads, png, start_threads, start_triton
 
 pytestmark = pytest.mark.slow
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -37,10 +37,8 @@ def fault_triton(oracle_repository, tmp_path, request):
 
 
 @pytest.fixture
-def service(oracle_repository, fault_triton):
-    srv = InProcessServer(triton_settings(oracle_repository, fault_triton.url, shm=True, health_poll_seconds=0.1))
-    yield srv
-    srv.stop()
+def service(fault_triton, make_server):
+    return make_server.triton(fault_triton.url, shm=True, health_poll_seconds=0.1)  # it stops before fault_triton does
 
 
 def _short_edit(guide, seed: int = 1):
@@ -147,14 +145,11 @@ def test_triton_killed_mid_batch_fails_every_edit_in_it_and_leaks_nothing(servic
             except grpc.RpcError as exc:
                 codes.append(exc.code())
 
-    threads = [threading.Thread(target=long_edit, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
+    threads = start_threads(long_edit, range(4))
     started.wait(30)
     killed = time.monotonic()
     fault_triton.kill()
-    for thread in threads:
-        thread.join(30)
+    join_threads(threads, 30)
     assert codes == [grpc.StatusCode.UNAVAILABLE] * 4
     assert time.monotonic() - killed < 5.0
     assert shm_files(pool.prefix) == [] and pool.region_names() == []  # nothing leaked

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 from service.backends.repository import discover_models, load_model_info, production_config, read_config
 from service.backends.variants import CPU_MODEL_CODE, cpu_config, write_cpu_repository
 from service.errors import ModelConfigError
-from tests.servers import ROOT
+from service.testing.servers import ROOT
 
 SHIPPED = ROOT / "model_repository"
 KEPT = ("name", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup", "parameters")

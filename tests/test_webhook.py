@@ -24,14 +24,14 @@ from service.client.connection import Connection
 from service.config import SettingsError, load_settings
 from service.errors import InvalidArgument
 from service.jobs.webhooks import check_url, forbidden, literal_ip, signature
+from service.testing.servers import ROOT, wait_for
 from tests.certs import CertificateAuthority, Pair
-from tests.conftest import png
-from tests.servers import ROOT, wait_for
+from tests.helpers import TOKEN_A, TOKEN_B, get_job, png
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificates "
                                 "(scripts/install_test_tools.sh installs it)")
 SECRET = b"s3cret-for-the-anonymous-tenant-0123456789"
-TOKEN_A, TOKEN_B, TOKEN_C = "tok-a-" + "7" * 32, "tok-b-" + "9" * 32, "tok-c-" + "5" * 32
+TOKEN_C = "tok-c-" + "5" * 32
 
 
 def documented_verify():
@@ -102,11 +102,6 @@ class Receiver:
 
 
 @pytest.fixture
-def ca(tmp_path) -> CertificateAuthority:
-    return CertificateAuthority(tmp_path / "ca")
-
-
-@pytest.fixture
 def receivers(ca):
     started = []
 
@@ -145,14 +140,10 @@ def job_request(guide16, url: str, seed: int = 3, **kwargs) -> pb.EditRequest:
     return request
 
 
-def get(client: Client, job_id: str) -> pb.Job:
-    return client.stub.GetJob(pb.GetJobRequest(id=job_id), timeout=10)
-
-
 def webhook_done(client: Client, job_id: str, timeout: float = 30) -> pb.Job:
     final = {"delivered", "failed", "refused", "abandoned"}
-    wait_for(lambda: get(client, job_id).webhook.state in final, timeout, 0.02, "the webhook's final state")
-    return get(client, job_id)
+    wait_for(lambda: get_job(client, job_id).webhook.state in final, timeout, 0.02, "the webhook's final state")
+    return get_job(client, job_id)
 
 
 def sample(srv, name: str, **labels) -> float:
@@ -259,7 +250,7 @@ def test_a_cancelled_job_s_webhook_says_cancelled(hook_server, receivers):
     request.job.webhook_url = receiver.url()
     with Client(srv.address) as client:
         job = client.stub.SubmitEdit(request)
-        wait_for(lambda: get(client, job.id).state == pb.JOB_STATE_RUNNING, 30, 0.02, "running")
+        wait_for(lambda: get_job(client, job.id).state == pb.JOB_STATE_RUNNING, 30, 0.02, "running")
         assert client.stub.CancelJob(pb.CancelJobRequest(id=job.id)).state == pb.JOB_STATE_CANCELLED
         ((headers, body),) = receiver.wait(1)
         done = webhook_done(client, job.id)
@@ -444,8 +435,8 @@ def test_a_delivery_cut_short_by_the_replica_stopping_is_recorded_abandoned(hook
     with Client(srv.address) as client:
         job = client.stub.SubmitEdit(job_request(guide16, receiver.url()))
         receiver.wait(1)
-        wait_for(lambda: get(client, job.id).webhook.attempts == 1, 10, 0.02, "the first attempt recorded")
-        assert get(client, job.id).webhook.state == "pending"
+        wait_for(lambda: get_job(client, job.id).webhook.attempts == 1, 10, 0.02, "the first attempt recorded")
+        assert get_job(client, job.id).webhook.state == "pending"
     srv.stop()
     with redis_server.client() as redis:
         stored = redis.hgetall(f"sdedit-jobs:job:{job.id}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from tests.servers import ROOT, free_port, terminate, wait_for
+from service.testing.servers import ROOT, free_port, terminate, wait_for
 
 TOOLS = ROOT / ".tools" / "redis"  # scripts/install_test_tools.sh unpacks here without root
 

@@ -1,7 +1,7 @@
-"""Test servers: the real service in process (own thread and event loop) or as a subprocess.
+"""The real service for tests and benchmarks: in process (own thread and event loop) or as a subprocess.
 
-Both bind free loopback ports and wait for grpc.health.v1 to report SERVING; subprocess
-logs are printed when a test fails.
+Both bind free loopback ports and wait for grpc.health.v1 to report SERVING; a subprocess
+writes its log to a file, for the caller to print when something fails.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.client.connection import Connection
 from service.config import Settings, load_settings
 from service.server import RunningServer, start_server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (service/testing/servers.py)
 
 
 def free_port() -> int:
@@ -89,7 +89,8 @@ class InProcessServer:
             self.thread.join(10)
 
 
-def test_settings(repository: Path, **overrides) -> Settings:
+def local_settings(repository: Path, **overrides) -> Settings:
+    """Settings for a server on loopback: free gRPC and HTTP ports, no metrics port, no linger, no environment."""
     values = dict(host="127.0.0.1", port=0, http_port=0, metrics_port=-1, model_repository=repository, grace_seconds=5.0,
                   shutdown_linger_seconds=0.0)
     values.update(overrides)
@@ -101,7 +102,7 @@ def triton_settings(repository: Path, url: str, shm: bool, **overrides) -> Setti
 
     No result cache: these tests are about the network calls, and a repeated request must reach Triton."""
     overrides.setdefault("cache", "none")
-    return test_settings(repository, default_model="gauss", backend="triton", triton_url=url,
+    return local_settings(repository, default_model="gauss", backend="triton", triton_url=url,
                          triton_shared_memory=shm, **overrides)
 
 
