@@ -97,3 +97,18 @@ def long_definitions() -> list[str]:
 
 def test_no_class_or_function_outgrows_a_reader():
     assert long_definitions() == []
+
+
+def test_no_test_file_imports_another_and_no_helper_is_named_like_a_test():
+    """Shared helpers live in tests/helpers.py (and the other non-test modules of tests/);
+    pytest would collect a test_* name imported into a test module as a test of its own."""
+    problems = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[-1].startswith("test_") or node.module == "tests.conftest":
+                    problems.append(f"{path.name} imports {node.module}")
+                problems += [f"{path.name} imports {a.name} from {node.module}" for a in node.names if a.name.startswith("test")]
+            elif isinstance(node, ast.Import):
+                problems += [f"{path.name} imports {a.name}" for a in node.names if a.name.split(".")[-1].startswith("test_")]
+    assert problems == []
