@@ -286,7 +286,7 @@ def test_the_progress_backlog_keeps_the_newest_events_within_its_bounds():
     for step in range(1, 1001):
         backlog.put(progress(step, (b"x" * 60,) if step % 10 == 0 else ()))
     items = backlog.drain()
-    assert len(items) == 8 and [u.step for u in items] == list(range(993, 1001))
+    assert len(items) == 8 and [u.progress.step for u in items] == list(range(993, 1001))
     assert sum(len(i) for u in items for i in u.previews) <= 100
     assert items[-1].previews  # the newest preview is kept
     assert dropped
@@ -318,7 +318,7 @@ def test_the_backlog_wakes_a_waiting_reader():
         reader = asyncio.create_task(backlog.get())
         await asyncio.sleep(0)
         backlog.put(progress(1))
-        assert (await asyncio.wait_for(reader, 1)).step == 1
+        assert (await asyncio.wait_for(reader, 1)).progress.step == 1
 
     asyncio.run(scenario())
 

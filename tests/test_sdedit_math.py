@@ -182,8 +182,8 @@ def test_network_calls_and_step_events():
     result = run_sdedit(fake_eps, build_schedule(SPECS[0]), np.zeros((1, 4, 4), np.float32), None,
                         EditParams(t0=0.3, steps=7, repeats=3, preview_every=3), [np.random.default_rng(0)], on_step=events.append)
     assert result.network_calls == 21 and len(events) == 21
-    assert [e.network_calls for e in events] == list(range(1, 22))
-    previews = [(e.repeat, e.step) for e in events if e.pred_original_sample is not None]
+    assert [e.progress.network_calls for e in events] == list(range(1, 22))
+    previews = [(e.progress.repeat, e.progress.step) for e in events if e.pred_original_sample is not None]
     assert previews == [(r, s) for r in (1, 2, 3) for s in (3, 6, 7)]
 
 
