@@ -233,14 +233,17 @@ def test_the_deadline_bounds_each_call(parity_repository, triton):
             model.predict_eps(x, t, deadline=time.monotonic() - 1)
         assert triton_requests(client, "gauss") == before  # refused before calling
 
-        durations = []
-        for _ in range(3):
+        def full_call() -> float:
             started = time.monotonic()
             model.predict_eps(x, t, deadline=started + 30)
-            durations.append(time.monotonic() - started)
-        budget = max(min(durations) / 2, 0.005)  # the request is delivered early; most of a call is Triton's work
-        outcomes = []
-        for _ in range(3):  # a loaded machine may finish one call early or deliver one late: allow 3 tries
+            return time.monotonic() - started
+
+        outcomes, durations = [], []
+        for _ in range(5):  # a loaded machine may finish one call early or deliver one late: allow 5 tries
+            # the budget from full calls made just before this one (a machine's speed drifts):
+            # the request is delivered early; most of a call is Triton's work
+            durations.append(min(full_call() for _ in range(2)))
+            budget = max(durations[-1] / 2, 0.005)
             before = triton_requests(client, "gauss")
             started = time.monotonic()
             try:
@@ -258,8 +261,8 @@ def test_the_deadline_bounds_each_call(parity_repository, triton):
             assert elapsed < budget + 0.25  # cut short at the deadline, not after the call's end
             break
         else:
-            pytest.fail(f"no call was cut short by its deadline after reaching Triton (full call {min(durations):.3f} s, "
-                        f"deadline {budget:.3f} s): {outcomes}")
+            pytest.fail(f"no call was cut short by its deadline after reaching Triton (full calls {durations} s, "
+                        f"deadlines half of each): {outcomes}")
         assert model.predict_eps(x[:1], t[:1], deadline=time.monotonic() + 30).shape == (1, 1, 256, 256)
     finally:
         model.close()
