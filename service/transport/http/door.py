@@ -125,6 +125,11 @@ class HttpDoor:
                                     f"{request.method} is not allowed on {request.path[:100]!r}; allowed: {', '.join(allowed)}")
             error.headers["Allow"] = ", ".join(allowed)
             return error
+        if exc.status == 413 and "form fields" in (exc.text or ""):  # aiohttp's cap on a form's fields
+            limit = getattr(request, "client_max_fields", 1000)
+            return transport_error(413, code_pb2.RESOURCE_EXHAUSTED, "TOO_MANY_PARTS",
+                                   f"the multipart body has more than {limit} parts (an edit has at most 3: "
+                                   f"{', '.join(bodies.MULTIPART_PARTS)})", field="body")
         if exc.status == 413:
             return transport_error(413, code_pb2.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
                                    f"the request body is larger than --max-request-mib ({request.app._client_max_size >> 20} MiB)")
