@@ -99,3 +99,31 @@ def test_a_multipart_body_over_the_field_cap_says_it_has_too_many_parts(server, 
     assert violated_field(error) == "body" and "more than 1000 parts" in error["message"], error
     assert "max-request-mib" not in error["message"]
     assert_quiet_log(caplog)
+
+
+# --- the Redis job store ----------------------------------------------------------------------
+
+def test_redis_job_store_answers_caller_mistakes_as_the_caller_s_and_never_names_redis(make_server, redis_server,
+                                                                                       guide16, caplog):
+    caplog.set_level(logging.INFO)
+    srv = make_server(cache="redis", redis_url=redis_server.url, job_poll_seconds=0.1)
+    url = srv.http_url
+    job = requests.post(f"{url}/v1/jobs", json={"image": b64(png(guide16)), "t0": 0.3, "steps": 2}, timeout=10).json()
+    for suffix in (":result", ":request", ":events", ":x"):
+        for method in (requests.get, requests.delete):
+            error = error_of(method(f"{url}/v1/jobs/{job['id']}{suffix}", timeout=10), 404, "NOT_FOUND")
+            assert "WRONGTYPE" not in error["message"]
+    error_of(requests.get(f"{url}/v1/jobs/{job['id']}:result/events", timeout=10), 404, "NOT_FOUND")
+    for token in ("9223372036854775807", "18446744073709551616", "-1", "1_000", "\u0663", " 5", "1e3"):
+        error = error_of(requests.get(f"{url}/v1/jobs", params={"pageToken": token}, timeout=10), 400, "INVALID_ARGUMENT")
+        assert violated_field(error) == "page_token", (token, error)
+    assert requests.get(f"{url}/v1/jobs", params={"pageToken": "999999999"}, timeout=10).json().get("jobs", []) == []
+    assert [j["id"] for j in requests.get(f"{url}/v1/jobs", timeout=10).json()["jobs"]] == [job["id"]]
+
+    redis_server.stop()  # Redis down: "job store unavailable", nothing of Redis
+    for response in (requests.get(f"{url}/v1/jobs/{job['id']}", timeout=30), requests.get(f"{url}/v1/jobs", timeout=30)):
+        error = error_of(response, 503, "UNAVAILABLE")
+        assert error["message"].startswith("job store unavailable"), error
+        for word in ("redis", "Redis", "127.0.0.1", str(redis_server.port)):
+            assert word not in error["message"], error
+    assert_quiet_log(caplog)
