@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 
 import pytest
 import requests
@@ -99,6 +100,35 @@ def test_a_multipart_body_over_the_field_cap_says_it_has_too_many_parts(server, 
     assert violated_field(error) == "body" and "more than 1000 parts" in error["message"], error
     assert "max-request-mib" not in error["message"]
     assert_quiet_log(caplog)
+
+
+def test_a_lone_surrogate_in_json_is_invalid_argument_naming_the_body(tenants_server, caplog):
+    caplog.set_level(logging.INFO)
+    for body in (b'{"\\ud800": 1}', b'{"model": "\\udcff"}', b'{"requestId": "a\\ud800b"}'):
+        error = error_of(requests.post(f"{tenants_server.http_url}/v1/jobs", data=body,
+                                       headers={**AUTH_A, "Content-Type": "application/json"}, timeout=10), 400, "INVALID_ARGUMENT")
+        assert violated_field(error) == "body", (body, error)
+    assert_quiet_log(caplog)
+
+
+def test_requests_aiohttp_cannot_parse_are_400_and_logged_in_one_line_not_a_traceback(server, caplog):
+    caplog.set_level(logging.DEBUG)
+    for _ in range(20):
+        status, _ = raw_request_text(server.running.http_port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n")
+        assert status == 400
+    assert_quiet_log(caplog)
+    lines = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(lines) == 1 and "malformed HTTP request" in lines[0].getMessage(), [r.getMessage() for r in lines]
+
+
+def raw_request_text(port: int, data: bytes) -> tuple[int, bytes]:
+    """Bytes on a socket of their own, as no HTTP client would send them; the status and the rest."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer
 
 
 # --- the Redis job store ----------------------------------------------------------------------

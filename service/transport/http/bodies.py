@@ -42,6 +42,10 @@ def json_object(raw: bytes, where: str) -> dict:
         raise InvalidArgument(where, DEEP) from None
     if not isinstance(data, dict):
         raise InvalidArgument(where, "must be a JSON object (an EditRequest)")
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # "\ud800": JSON may escape a lone surrogate, protobuf has no such string
+        raise InvalidArgument(where, "holds a string that is not Unicode text (a lone surrogate escape)") from None
     return data
 
 
