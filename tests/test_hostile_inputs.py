@@ -70,6 +70,22 @@ def test_an_authorization_header_that_is_not_utf8_is_unauthenticated(tenants_ser
     assert_quiet_log(caplog)
 
 
+def test_the_gate_refuses_a_token_with_no_utf8_from_any_door(tmp_path):
+    """gRPC metadata cannot carry such bytes (grpc refuses to send them), but the check is the pipeline's."""
+    from service.errors import Unauthenticated
+    from service.tenancy.auth import Gate
+    from service.tenancy.tenants import TokensFile, TokensFileError
+
+    gate = Gate(TokensFile(two_tenants(tmp_path / "tokens.json")))
+    for token in ("Bearer \udcff\udcfe", "Bearer tok-a-\ud800"):
+        with pytest.raises(Unauthenticated):
+            gate.authenticate("/sdedit.v1.ImageEditor/Edit", (("authorization", token),))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"tenants": [{"name": "x", "token": "\\ud800' + "7" * 20 + '"}]}')
+    with pytest.raises(TokensFileError, match="token"):
+        TokensFile(bad)
+
+
 def test_static_names_with_a_null_byte_or_too_long_are_not_found_and_no_path_is_logged(server, caplog):
     caplog.set_level(logging.DEBUG)
     for name in ("%00", "a%00b.js", "x" * 300, "vendor/" + "y" * 300, "x" * 5000):
