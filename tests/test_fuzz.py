@@ -6,27 +6,40 @@ random and truncated images, pixel bombs, every field at and past its limits, ma
 protobuf, tiny deadlines and cancelled streams. Every answer must be a deliberate status,
 never UNKNOWN or INTERNAL; afterwards the server still serves, and its peak resident memory
 is within its budget. A longer run: `pytest tests/test_fuzz.py --fuzz-requests 20000`.
+
+The HTTP door gets the same count of raw requests against one in-process server with tenants:
+real routes and junk paths and queries, every method, Authorization junk (not UTF-8 included),
+Content-Types, JSON, broken and deeply nested JSON, random bytes and multipart bodies of random
+parts. Its bar: no answer 5xx (nor a connection closed unanswered), no traceback in the log, and
+the process's resident memory within the server's budget throughout.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import http.client
+import json
+import logging
 import math
 import struct
 import threading
 import time
+import urllib.parse
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 import pytest
+import requests
 from grpc_health.v1 import health_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.testing.servers import health_status, peak_rss_mib
-from tests.helpers import image_bytes
+from service.transport.http.routes import ROUTES
+from tests.helpers import TOKEN_A, TOKEN_B, b64, image_bytes, two_tenants
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BUDGET_MIB = 1024
@@ -175,3 +188,187 @@ def test_fuzzing_the_grpc_surface_gets_no_unknown_and_no_internal(serve, request
     assert results[("valid", "OK")] > 0 and sum(n for (_, c), n in results.items() if c == "INVALID_ARGUMENT") > count // 4
     assert peak <= BUDGET_MIB
     assert "Traceback" not in server.output(), server.output()[-5000:]
+
+
+# --- the HTTP door -----------------------------------------------------------------------------
+
+HTTP_METHODS = ["GET", "GET", "POST", "POST", "POST", "DELETE", "PUT", "PATCH", "HEAD", "OPTIONS"]
+HTTP_ROUTES = ["/v1/edits", "/v1/jobs", "/v1/jobs/{id}", "/v1/jobs/{id}/events", "/v1/models", "/healthz",
+               "/openapi.json", "/", "/static/main.js", "/static/editor.css"]
+
+
+class HttpFuzzer(Fuzzer):
+    """Draws raw HTTP requests (method, target, headers, body) over what a hostile caller sends the
+    HTTP door: real routes and junk paths, junk queries, Authorization junk (not UTF-8 included),
+    every Content-Type, JSON, broken and deeply nested JSON, random bytes and multipart bodies."""
+
+    def __init__(self, seed: int, tokens: list[str], job_ids: list[str]):
+        super().__init__(seed)
+        self.tokens, self.job_ids = tokens, job_ids
+
+    def junk(self, low: int = 0, high: int = 40) -> bytes:
+        return bytes(self.rng.integers(0, 256, int(self.rng.integers(low, high)), dtype=np.uint8))
+
+    def quoted(self, data: bytes) -> str:
+        return urllib.parse.quote_from_bytes(data, safe="")
+
+    def target(self) -> str:
+        if self.rng.random() < 0.75:
+            job = self.choice([*self.job_ids, "nope", "", "a:result", self.choice(self.job_ids or ["x"]) + ":request",
+                               "%00", "x" * 300, "..%2f..", self.quoted(self.junk(1, 20))])
+            path = self.choice(HTTP_ROUTES).replace("{id}", job)
+        else:
+            path = self.choice(["/static/%00", "/static/" + "y" * 300, "/static/../../etc/passwd", "/static/%2e%2e/x",
+                                "/v1", "/v1/edits/x", "/v2/jobs", "//", "/" + self.quoted(self.junk(1, 60)),
+                                "/static/" + self.quoted(self.junk(1, 30)), "/v1/jobs/" + "z" * 5000])
+        if self.rng.random() < 0.3:
+            keys = ["pageSize", "pageToken", "afterSequence", "id", "x", "pageSize"]
+            values = ["0", "1", "1000", "1001", "-1", "9223372036854775807", "18446744073709551616", "abc", "",
+                      "\u0663", "1e3", "nan"]
+            path += "?" + "&".join(f"{self.choice(keys)}={self.choice([urllib.parse.quote(self.choice(values)), '%ff', '%ED%A0%80', '%00'])}"
+                                   for _ in range(int(self.rng.integers(1, 4))))
+        return path
+
+    def headers(self) -> dict[str, bytes]:
+        headers: dict[str, bytes] = {}
+        if self.rng.random() < 0.6:
+            headers["Authorization"] = f"Bearer {self.choice(self.tokens)}".encode()
+        elif self.rng.random() < 0.8:
+            headers["Authorization"] = self.choice([
+                b"Bearer \xff\xfe\xfd", b"Bearer tok-\xc3\x28", b"\xff", b"", b"Bearer", b"Bearer ", b"Basic dXNlcjpwdw==",
+                b"Bearer " + b"t" * 8000, b"bearer " + self.junk(1, 40).replace(b"\r", b"").replace(b"\n", b"")])
+        if self.rng.random() < 0.3:
+            headers["Request-Timeout"] = self.choice([b"30", b"abc", b"-1", b"0", b"nan", b"inf", b"1e99", b"\xff"])
+        if self.rng.random() < 0.1:
+            headers["Last-Event-ID"] = self.choice([b"0", b"3", b"99999999999999999999", b"x", b"\xff", b"-1"])
+        return headers
+
+    def multipart(self) -> tuple[bytes, bytes]:
+        boundary = b"fuzz" + str(int(self.rng.integers(1 << 30))).encode()
+        parts = []
+        for _ in range(int(self.rng.integers(0, 5)) if self.rng.random() < 0.97 else 1001 + int(self.rng.integers(50))):
+            name = self.choice([b"request", b"image", b"mask", b"image", b"junk", b"", "r\u00e9".encode()])
+            head = b'Content-Disposition: form-data; name="' + name + b'"'
+            if self.rng.random() < 0.5:
+                head += b'; filename="f.png"'
+            if self.rng.random() < 0.4:
+                head += b"\r\nContent-Type: " + self.choice([b"application/json", b"image/png", b"text/plain; charset=latin-1",
+                                                             b"application/octet-stream"])
+            parts.append(b"--" + boundary + b"\r\n" + head + b"\r\n\r\n" + self.payload() + b"\r\n")
+        body = b"".join(parts) + b"--" + boundary + b"--\r\n"
+        if self.rng.random() < 0.15:
+            body = self.mutate(body)
+        content_type = self.choice([b"multipart/form-data; boundary=" + boundary] * 4 + [b"multipart/form-data",
+                                                                                         b"multipart/form-data; boundary="])
+        return content_type, body
+
+    def payload(self) -> bytes:
+        """A part's or a body's bytes: an edit as JSON, broken or deep JSON, an image, junk."""
+        kind = int(self.rng.integers(7))
+        if kind == 0:
+            return self.edit_json()
+        if kind == 1:
+            return self.edit_json()[: int(self.rng.integers(1, 40))]  # broken JSON
+        if kind == 2:
+            depth = self.choice([10, 900, 5000, 100_000])
+            return self.choice([b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth, b"[" * depth])
+        if kind == 3:
+            return self.choice(self.images)
+        if kind == 4:
+            return self.choice([b"null", b"[]", b'"x"', b"1e999", b'{"t0": "x"}', b'{"image": 5}', b'{"steps": -1}',
+                                b'{"\\ud800": 1}', b"{\"image\": \"\\u0000\"}", b"\xef\xbb\xbf{}"])
+        return self.junk(0, 300)
+
+    def edit_json(self) -> bytes:
+        edit = {"image": base64.b64encode(self.good_png).decode(), "t0": float(self.rng.uniform(0.05, 1.0)),
+                "steps": int(self.rng.integers(1, 5)), "seed": str(int(self.rng.integers(0, 2**63)))}
+        if self.rng.random() < 0.3:
+            edit[self.choice(["model", "sampler", "numSamples", "outputFormat", "job", "priority", "zzz"])] = self.choice(
+                ["gauss", "nope", 99, -1, "SAMPLER_DDIM", {"webhookUrl": "http://x"}, [1], None, 1e300])
+        return json.dumps(edit).encode()
+
+    def request(self) -> tuple[str, str, dict[str, bytes], bytes]:
+        target, headers = self.target(), self.headers()
+        route = self.choice(ROUTES)
+        if self.rng.random() < 0.6:  # a real route with its own method, its {id} a job's or junk
+            method = route.method
+            target = route.path.replace("{id}", self.choice([*self.job_ids, *self.job_ids, "nope", "a:result"]))
+            target = target.replace("{name}", self.choice(["main.js", "nope.js", "%00", "x" * 300]))
+        else:
+            method = self.choice(HTTP_METHODS)
+        body = b""
+        if method in ("POST", "PUT", "PATCH") or self.rng.random() < 0.05:
+            if self.rng.random() < 0.4:
+                headers["Content-Type"], body = self.multipart()
+            else:
+                body = self.edit_json() if self.rng.random() < 0.4 else self.payload()
+                if self.rng.random() < 0.9:
+                    headers["Content-Type"] = self.choice([b"application/json", b"application/json", b"application/octet-stream",
+                                                           b"text/plain", b"application/x-www-form-urlencoded", b"\xff/\xfe",
+                                                           b"application/json; charset=utf-16"])
+        return method, target, headers, body
+
+
+def http_send(port: int, method: str, target: str, headers: dict[str, bytes], body: bytes) -> int:
+    """One request on a connection of its own; the status code (0: the server closed it unanswered)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.putrequest(method, target, skip_host=False, skip_accept_encoding=True)
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(body)))
+        try:
+            connection.endheaders(body)
+        except ConnectionError:  # the server answered (400) and closed before the body was all sent
+            pass
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    except (ConnectionError, http.client.RemoteDisconnected):
+        return 0
+    finally:
+        connection.close()
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_fuzzing_the_http_door_gets_no_5xx_and_no_traceback(make_server, tmp_path, request, caplog):
+    caplog.set_level(logging.INFO)
+    count = request.config.getoption("--fuzz-requests")
+    srv = make_server(auth_tokens_file=str(two_tenants(tmp_path / "tokens.json")), memory_budget_mib=BUDGET_MIB,
+                      max_queue=64, max_active_edits=2, job_poll_seconds=0.1)
+    port = srv.running.http_port
+    jobs = [requests.post(f"{srv.http_url}/v1/jobs", json={"image": b64(image_bytes(np.zeros((16, 16), np.uint8))),
+                                                           "t0": 0.3, "steps": 2},
+                          headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=30).json()["id"] for _ in range(3)]
+    fuzzer = HttpFuzzer(SEED, [TOKEN_A, TOKEN_A, TOKEN_B], jobs)  # b: Edit on gauss only
+    results: collections.Counter[tuple[str, int]] = collections.Counter()
+    bad: list[tuple] = []
+    samples = [rss_mib()]
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        def run(case):
+            code = http_send(port, *case)
+            method, target, headers, body = case
+            return method, code, (method, target[:80], headers, body[:80], code) if code >= 500 or code == 0 else None
+
+        for first in range(0, count, 100):  # drawn 100 at a time (the same cases every run), memory sampled after each
+            for method, code, failure in pool.map(run, [fuzzer.request() for _ in range(min(100, count - first))]):
+                results[(method, code)] += 1
+                if failure is not None:
+                    bad.append(failure)
+            samples.append(rss_mib())
+    seconds = time.monotonic() - started
+    print(f"\n{count} fuzzed HTTP requests in {seconds:.1f} s; RSS {samples[0]:.0f} -> max {max(samples):.0f} MiB;",
+          dict(sorted(results.items())))
+    assert not bad, bad[:10]
+    assert requests.get(f"{srv.http_url}/healthz", timeout=10).status_code == 200
+    assert results[("POST", 200)] > 0 and sum(n for (_, c), n in results.items() if c == 200) > count // 20
+    assert sum(n for (_, c), n in results.items() if 400 <= c < 500) > count // 2
+    assert max(samples) <= BUDGET_MIB
+    logged = [(r.name, r.getMessage()[:300]) for r in caplog.records
+              if r.exc_info is not None or "Traceback" in r.getMessage() or "never retrieved" in r.getMessage()]
+    assert not logged, logged[:5]

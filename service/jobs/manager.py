@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.errors import Cancelled, InvalidArgument, NotFound, Unavailable
 from service.jobs.observer import JobsObserver
-from service.jobs.records import CANCELLED, JobCodec, JobEvent, JobRecord, new_job_id
+from service.jobs.records import CANCELLED, JobCodec, JobEvent, JobRecord, is_job_id, new_job_id
 from service.jobs.store import JobStore, JobStoreUnavailable
 from service.jobs.webhooks import Webhooks
 from service.jobs.worker import JobWorkers
@@ -28,6 +28,8 @@ from service.tenancy.tenants import Tenant
 log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 DEFAULT_PAGE = 50
+MAX_OFFSET_DIGITS = 9  # a page token is an offset into the owner's jobs: 0 to 999,999,999
+LOG_EVERY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class JobManager:
         self.webhooks = webhooks  # None: webhook URLs are refused
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{new_job_id()[:8]}"
         self.workers = JobWorkers(settings, store, service, codec, self.consumer, self.observer, self._ended, tenant_of)
+        self._logged = -LOG_EVERY_SECONDS  # when a store failure was last logged (time.monotonic())
 
     @property
     def kind(self) -> str:
@@ -84,7 +87,7 @@ class JobManager:
         return record
 
     async def get(self, job_id: str, owner: str = "", with_result: bool = True) -> JobRecord:
-        record = await self._store(self.store.get(job_id, with_result=with_result)) if job_id else None
+        record = await self._store(self.store.get(job_id, with_result=with_result)) if is_job_id(job_id) else None
         if record is None or record.owner != owner:
             raise NotFound(f"job {job_id[:64]!r} not found (unknown, or expired {self.settings.job_ttl_seconds:g} s after it ended)")
         return record
@@ -100,6 +103,14 @@ class JobManager:
             if task is not None:  # running here: stop it now (elsewhere: within job_poll_seconds)
                 task.cancel()
         return await self.get(job_id, owner)
+
+    @staticmethod
+    def page_offset(page_token: str) -> int:
+        """The offset a ListJobs page token stands for ("": 0); raises InvalidArgument."""
+        token = page_token or "0"
+        if not (token.isascii() and token.isdigit() and len(token) <= MAX_OFFSET_DIGITS):
+            raise InvalidArgument("page_token", "is not a token from a previous ListJobsResponse")
+        return int(token)
 
     async def list(self, owner: str = "", page_size: int = 0, offset: int = 0) -> tuple[list[JobRecord], int | None]:
         limit = min(page_size or DEFAULT_PAGE, MAX_PAGE)
@@ -132,12 +143,17 @@ class JobManager:
         if record.webhook_url and self.webhooks is not None:
             self.webhooks.deliver(self.store, self.codec, record)
 
-    @staticmethod
-    async def _store(pending):
+    async def _store(self, pending):
+        """The store's answer; its failure is UNAVAILABLE "job store unavailable" to the caller
+        (never its address or its error: those go to the log, at most once per LOG_EVERY_SECONDS)."""
         try:
             return await pending
         except JobStoreUnavailable as exc:
-            raise Unavailable(str(exc)) from exc
+            now = time.monotonic()
+            if now - self._logged >= LOG_EVERY_SECONDS:
+                self._logged = now
+                log.warning("jobs: a call failed: %s", exc)
+            raise Unavailable("job store unavailable; retry later") from exc
 
     async def aclose(self) -> None:
         """Stops the workers: running jobs go back to queued (another replica runs them again)."""

@@ -13,6 +13,7 @@ and the error are opaque bytes to the jobs layer; the transport encodes them
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -29,10 +30,17 @@ WEBHOOK_STATES = ("waiting", "pending", "delivered", "failed", "refused", "aband
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 LANES = ("high", "normal", "low")  # taken in this order; each first in, first out
 ID_BYTES = 24  # 192 random bits: unguessable
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def new_job_id() -> str:
     return secrets.token_urlsafe(ID_BYTES)
+
+
+def is_job_id(text: str) -> bool:
+    """Whether text can be a job's id (what new_job_id makes: URL-safe base64, no ':' that
+    would name another key of the job in a store)."""
+    return bool(JOB_ID.fullmatch(text))
 
 
 def lane_of(priority: int) -> str:

@@ -85,6 +85,8 @@ def reset_current_tenant(token: contextvars.Token) -> None:
 
 
 def hash_token(token: str) -> str:
+    """The hex SHA-256 of a token's UTF-8; raises UnicodeEncodeError for a str that has no UTF-8
+    (an HTTP header's bytes that were not UTF-8 arrive as lone surrogates)."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -179,12 +181,20 @@ def _token_hashes(item: dict, where: str) -> list[str]:
         raise TokensFileError(f"{where}.token_sha256: hex SHA-256 digests (64 characters)")
     hashes = [h.lower() for h in hashes]
     if "token" in item:
-        if not isinstance(item["token"], str) or len(item["token"]) < 16:
-            raise TokensFileError(f"{where}.token: a string of at least 16 characters")
+        if not isinstance(item["token"], str) or len(item["token"]) < 16 or not _utf8(item["token"]):
+            raise TokensFileError(f"{where}.token: a string of at least 16 characters (UTF-8)")
         hashes.append(hash_token(item["token"]))
     if not hashes:
         raise TokensFileError(f"{where}: no token_sha256 or token")
     return hashes
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON)
+        return False
+    return True
 
 
 def _webhook_secret(item: dict, where: str, base: Path | None) -> tuple[str, str]:
@@ -255,7 +265,10 @@ class TokensFile:
     def authenticate(self, token: str) -> Tenant | None:
         """The tenant of this token, or None. Every known hash is compared, in constant time."""
         self._maybe_reload()
-        presented = hash_token(token).encode()
+        try:
+            presented = hash_token(token).encode()
+        except UnicodeEncodeError:  # not UTF-8: no tenant's token (every token in the file is)
+            return None
         found = None
         for digest, tenant in self._entries:
             if hmac.compare_digest(presented, digest.encode()):

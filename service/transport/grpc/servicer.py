@@ -11,7 +11,6 @@ from google.rpc import status_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
-from service.errors import InvalidArgument
 from service.jobs import JobEnd, JobManager
 from service.pipeline.calls import Call
 from service.pipeline.editing import EditService
@@ -62,12 +61,7 @@ class ImageEditorServicer(sdedit_pb2_grpc.ImageEditorServicer):
 
     async def ListJobs(self, call: Call, context=None) -> pb.ListJobsResponse:
         request = call.message
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token from a previous ListJobsResponse") from None
-        if offset < 0:
-            raise InvalidArgument("page_token", "is not a token from a previous ListJobsResponse")
+        offset = self.jobs.page_offset(request.page_token)
         records, following = await self.jobs.list(call.tenant.name, request.page_size, offset)
         return pb.ListJobsResponse(jobs=[job_to_proto(r) for r in records],
                                    next_page_token="" if following is None else str(following))

@@ -19,6 +19,7 @@ from service.errors import InvalidArgument
 from service.transport.http.errors import parse_error_argument, transport_error
 
 MULTIPART_PARTS = ("request", "image", "mask")
+DEEP = "is JSON nested too deeply to parse (an EditRequest needs a few levels)"
 
 
 def parse_message(data: dict, message_type, root: str = ""):
@@ -26,6 +27,8 @@ def parse_message(data: dict, message_type, root: str = ""):
         return json_format.ParseDict(data, message_type())
     except json_format.ParseError as exc:
         raise parse_error_argument(exc, root) from None
+    except RecursionError:
+        raise InvalidArgument(root or "body", DEEP) from None
 
 
 def json_object(raw: bytes, where: str) -> dict:
@@ -35,8 +38,14 @@ def json_object(raw: bytes, where: str) -> dict:
         data = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument(where, f"is not JSON: {exc}"[:200]) from None
+    except RecursionError:  # [[[[... deeper than the interpreter's recursion limit
+        raise InvalidArgument(where, DEEP) from None
     if not isinstance(data, dict):
         raise InvalidArgument(where, "must be a JSON object (an EditRequest)")
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # "\ud800": JSON may escape a lone surrogate, protobuf has no such string
+        raise InvalidArgument(where, "holds a string that is not Unicode text (a lone surrogate escape)") from None
     return data
 
 

@@ -11,10 +11,13 @@ error (errors.py). Job events are Server-Sent Events (events.py); the rest is pa
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
@@ -30,6 +33,30 @@ from service.transport.http.routes import ROUTES, Route
 
 KEEPALIVE_SECONDS = 15.0  # an SSE comment this often while a job is quiet
 STOP_SECONDS = 2.0  # on stop: how long open requests (event streams) get before they are cut
+
+
+class ProtocolLog(logging.LoggerAdapter):
+    """aiohttp's server log, less the traceback it writes for every request it cannot parse (a
+    bad header byte, a line too long: the caller's mistake, answered 400): one line instead, at
+    most once per `every` seconds, with how many more came meanwhile. Any other error keeps its
+    traceback."""
+
+    def __init__(self, logger: logging.Logger = server_logger, every: float = 10.0):
+        super().__init__(logger, {})
+        self.every, self._last, self._quiet = every, -every, 0
+
+    def log(self, level, msg, *args, exc_info=None, **kwargs) -> None:
+        if not isinstance(exc_info, HttpProcessingError):
+            super().log(level, msg, *args, exc_info=exc_info, **kwargs)
+            return
+        now = time.monotonic()
+        if now - self._last < self.every:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more since the last one)" if self._quiet else ""
+        self._last, self._quiet = now, 0
+        reason = str(exc_info.message).strip().splitlines()[0][:120] if exc_info.message else type(exc_info).__name__
+        super().log(logging.INFO, "a malformed HTTP request, answered %d: %s%s", exc_info.code, reason, more)
 
 
 def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -76,7 +103,7 @@ class HttpDoor:
 
     async def start(self) -> int:
         self.runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, handler_cancellation=True,
-                                    shutdown_timeout=STOP_SECONDS)
+                                    shutdown_timeout=STOP_SECONDS, logger=ProtocolLog())
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.settings.host, self.settings.http_port, ssl_context=self.ssl_context,
                            reuse_port=False)
@@ -125,6 +152,11 @@ class HttpDoor:
                                     f"{request.method} is not allowed on {request.path[:100]!r}; allowed: {', '.join(allowed)}")
             error.headers["Allow"] = ", ".join(allowed)
             return error
+        if exc.status == 413 and "form fields" in (exc.text or ""):  # aiohttp's cap on a form's fields
+            limit = getattr(request, "client_max_fields", 1000)
+            return transport_error(413, code_pb2.RESOURCE_EXHAUSTED, "TOO_MANY_PARTS",
+                                   f"the multipart body has more than {limit} parts (an edit has at most 3: "
+                                   f"{', '.join(bodies.MULTIPART_PARTS)})", field="body")
         if exc.status == 413:
             return transport_error(413, code_pb2.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
                                    f"the request body is larger than --max-request-mib ({request.app._client_max_size >> 20} MiB)")

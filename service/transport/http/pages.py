@@ -41,8 +41,12 @@ class OpenApiDocument:
 def file_response(static_dir: Path, name: str) -> web.StreamResponse:
     """A file of the page (never one outside static_dir)."""
     root = static_dir.resolve()
-    path = (root / name).resolve()
-    if root not in path.parents or not path.is_file():
+    try:
+        path = (root / name).resolve()
+        found = root in path.parents and path.is_file()
+    except (OSError, ValueError):  # a null byte, a name too long: no such file (and no path in the log)
+        found = False
+    if not found:
         raise transport_error(404, code_pb2.NOT_FOUND, "NO_SUCH_FILE", f"no file {name[:100]!r} under /static/")
     kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     return web.FileResponse(path, headers={"Content-Type": kind, "Cache-Control": "no-cache"})
