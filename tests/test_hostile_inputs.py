@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import socket
+import warnings
 
 import pytest
 import requests
@@ -173,3 +174,19 @@ def test_redis_job_store_answers_caller_mistakes_as_the_caller_s_and_never_names
         for word in ("redis", "Redis", "127.0.0.1", str(redis_server.port)):
             assert word not in error["message"], error
     assert_quiet_log(caplog)
+
+
+def test_malformed_content_dispositions_leave_no_warnings(make_server):
+    """aiohttp would warn once per distinct malformed Content-Disposition: text a caller picks."""
+    srv = make_server(http_port=0)
+    with warnings.catch_warnings(record=True) as caught:  # the filters in force, not "always"
+        post_malformed_dispositions(srv)
+    assert [str(w.message) for w in caught if "ContentDisposition" in type(w.message).__name__] == []
+
+
+def post_malformed_dispositions(srv) -> None:
+    for i in range(20):
+        body = (f"--b\r\nContent-Disposition: form-data; name=\"image\"; filename*=bad'{i}'x;;\r\n\r\nxx\r\n--b--\r\n").encode()
+        answer = requests.post(f"{srv.http_url}/v1/edits", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"},
+                               timeout=30)
+        assert answer.status_code == 400, answer.text

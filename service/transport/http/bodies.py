@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 
 from aiohttp import web
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
@@ -19,6 +21,14 @@ from service.errors import InvalidArgument
 from service.transport.http.errors import parse_error_argument, transport_error
 
 MULTIPART_PARTS = ("request", "image", "mask")
+
+
+def quiet_multipart_warnings() -> None:
+    """aiohttp warns about every malformed Content-Disposition a caller sends, once per distinct
+    text: a caller could fill stderr and the warnings registry with text of its choosing.
+    The door calls this when it starts."""
+    warnings.filterwarnings("ignore", category=BadContentDispositionHeader)
+    warnings.filterwarnings("ignore", category=BadContentDispositionParam)
 DEEP = "is JSON nested too deeply to parse (an EditRequest needs a few levels)"
 
 

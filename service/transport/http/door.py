@@ -102,6 +102,7 @@ class HttpDoor:
         return handle
 
     async def start(self) -> int:
+        bodies.quiet_multipart_warnings()
         self.runner = web.AppRunner(self.app(), handle_signals=False, access_log=None, handler_cancellation=True,
                                     shutdown_timeout=STOP_SECONDS, logger=ProtocolLog())
         await self.runner.setup()
