@@ -340,6 +340,31 @@ def test_deadline_stops_the_loop_and_frees_the_slot(make_server, guide16):
     assert wrap.models["gauss"].calls < 20
 
 
+def test_each_network_call_is_bounded_by_the_earliest_deadline_of_its_edits(make_server, guide16):
+    """The deadline of a served edit reaches the backend's predict_eps on every call it is in
+    (a remote backend bounds its call by it), also when it shares the call with an edit that
+    has none; an edit without a deadline alone calls with None."""
+    wrap = counting(delay=0.01)
+    srv = make_server(wrap_model=wrap)
+    model = wrap.models["gauss"]
+    with Client(srv.address) as client:
+        endless = client.stream_edit(build_request(png(guide16), t0=0.5, steps=400, seed=1))  # no deadline
+        for event in endless:
+            if event.progress.network_calls >= 3:
+                break
+        sent = time.monotonic()
+        response = client.edit(build_request(png(guide16), t0=0.5, steps=5, seed=2), timeout=20)
+        answered = time.monotonic()
+        endless.cancel()
+    assert len(response.images) == 1
+    wait_for(lambda: srv.service.admission.in_flight == 0, 5, what="both edits left")
+    calls = list(zip(model.call_times, model.deadlines))
+    assert all(deadline is None for at, deadline in calls if at < sent), "an edit without a deadline called with one"
+    bounded = [deadline for at, deadline in calls if deadline is not None]
+    assert len(bounded) >= 5, f"the edit with a deadline made {len(bounded)} calls with it (of its 5)"
+    assert all(sent + 19 <= deadline <= answered + 21 for deadline in bounded), (sent, bounded)  # gRPC rounds up
+
+
 def test_full_queue_answers_resource_exhausted(make_server, guide16):
     wrap = counting(delay=0.02)
     srv = make_server(wrap_model=wrap, max_active_edits=1, max_queue=1)

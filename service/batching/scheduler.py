@@ -22,10 +22,12 @@ from service.batching.costmodel import CallCosts, CostFit, SplitState, decide_sp
 from service.batching.executor import EpsFn, Executor, Flight, Landing
 from service.batching.policy import call_room, fair_share
 from service.batching.state import ActiveEdit
+from service.errors import DeadlineExceeded
 from service.sde import EditCancelled, EditResult, EditTrajectory, StepEvent
 
 log = logging.getLogger(__name__)
 IDLE_EXIT_SECONDS = 5.0  # a scheduler's thread ends after this long with nothing to run
+DEADLINE_SLACK = 1e-3  # seconds: a deadline this close counts as passed (the backends' own slack)
 
 
 @dataclass
@@ -72,15 +74,19 @@ class BatchScheduler:
             return len(self._edits)
 
     def submit(self, trajectory: EditTrajectory, should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[StepEvent], None] | None = None, tenant: str = "", weight: float = 1.0) -> Future:
+               on_step: Callable[[StepEvent], None] | None = None, tenant: str = "", weight: float = 1.0,
+               deadline: float | None = None) -> Future:
         """Adds an edit; its future resolves to its EditResult (or its error) when it leaves.
-        tenant, weight: whose it is, and that tenant's share of a full call."""
+        tenant, weight: whose it is, and that tenant's share of a full call. deadline
+        (time.monotonic(), or None): each call it is in is bounded by the earliest deadline of
+        that call's edits (the backend's predict_eps(x, t, deadline))."""
         if not weight > 0:
             raise ValueError(f"weight must be > 0, got {weight}")
         if trajectory.batch > self.max_batch_images:
             raise ValueError(f"{trajectory.batch} samples exceed the batch of {self.max_batch_images} images")
         future: Future = Future()
-        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order), tenant, weight)
+        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order), tenant, weight,
+                          deadline)
         with self._wake:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
@@ -178,7 +184,7 @@ class BatchScheduler:
         if network_seconds is not None:  # the call answered (even if a draw failed after it)
             self.costs.add(flight.images, network_seconds)
         if landing.error is not None or network_seconds is None:
-            self._leave(flight.batch, error=landing.error)
+            self._leave(self._failing(flight.batch, landing.error), error=landing.error)
             return
         failed = []
         for edit, exc in landing.outcomes:
@@ -201,6 +207,21 @@ class BatchScheduler:
                                         noise_wait_seconds=landing.noise_wait_seconds))
             except Exception:  # a broken observer must not stop the scheduler
                 log.exception("batch scheduler %s: the tick observer failed", self.name)
+
+    def _failing(self, batch: list[ActiveEdit], error: BaseException | None) -> list[ActiveEdit]:
+        """The edits a failed call fails: all of them, but for a call stopped at its deadline
+        (the earliest of its edits') only those whose deadline passed; the others took no step
+        (their noise stays drawn) and go on in the next call."""
+        if not isinstance(error, DeadlineExceeded):
+            return batch
+        now = time.monotonic()
+        expired = [edit for edit in batch if edit.deadline is not None and edit.deadline <= now + DEADLINE_SLACK]
+        if not expired:
+            return batch  # no deadline of theirs passed: the backend's own limit, not ours
+        with self._wake:
+            for edit in batch:
+                edit.in_flight = False
+        return expired
 
     def _leave(self, edits: list[ActiveEdit], result: EditResult | None = None, error: BaseException | None = None) -> None:
         with self._wake:

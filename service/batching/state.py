@@ -13,7 +13,8 @@ from service.sde import EditCancelled, EditResult, EditTrajectory, StepEvent
 @dataclass(eq=False)
 class ActiveEdit:
     """One admitted edit, from submit until it leaves. `order` is its arrival (oldest first);
-    `in_flight` is true while it is in a call: it takes its step when the call lands."""
+    `in_flight` is true while it is in a call: it takes its step when the call lands.
+    `deadline` (time.monotonic(), or None) bounds every network call it is in."""
 
     trajectory: EditTrajectory
     future: Future  # -> EditResult
@@ -22,6 +23,7 @@ class ActiveEdit:
     order: int
     tenant: str = ""
     weight: float = 1.0
+    deadline: float | None = None
     network_seconds: float = 0.0
     in_flight: bool = False
 

@@ -128,7 +128,8 @@ class EditService:
                   len(job.seeds), job.params.repeats, job.params.steps)
         trajectory = await asyncio.to_thread(self._trajectory, job, model)
         scheduler = self.schedulers.get(model, trajectory.shape)
-        future = asyncio.wrap_future(scheduler.submit(trajectory, should_stop, on_step, tenant.name, tenant.weight))
+        future = asyncio.wrap_future(scheduler.submit(trajectory, should_stop, on_step, tenant.name, tenant.weight,
+                                                      deadline))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
