@@ -222,6 +222,41 @@ def test_stream_edit_sends_progress_previews_then_the_same_result_as_edit(uncach
     assert [i.data for i in events[-1].result.images] == [i.data for i in unary.images]
 
 
+def test_previews_are_encoded_off_the_scheduler_threads_and_reach_the_reader_unchanged(make_server, monkeypatch):
+    """A preview-heavy stream (a preview every step) next to a batch-mate without previews:
+    no preview PNG is encoded on a batch scheduler's thread (the tick every edit of the call
+    waits for), and the stream's events are the ones it gets alone, in order, bytes equal."""
+    import service.pipeline.progress as progress
+
+    encoded_on: list[str] = []
+    real = progress.encode_png
+
+    def recording(pixels):
+        encoded_on.append(threading.current_thread().name)
+        return real(pixels)
+
+    monkeypatch.setattr(progress, "encode_png", recording)
+    srv = make_server(cache="none")
+    guide = png(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8))
+    heavy = build_request(guide, t0=0.6, steps=30, seed=5, num_samples=2, preview_every=1)
+
+    def content(events):
+        return [(e.WhichOneof("event"), e.preview.progress.step, [i.data for i in e.preview.images]) for e in events]
+
+    with Client(srv.address) as client:
+        alone = list(client.stream_edit(heavy))
+        mate = client.stream_edit(build_request(guide, t0=0.6, steps=200, seed=6))  # same shape: shares the calls
+        next(iter(mate))
+        together = list(client.stream_edit(heavy))
+        mate.cancel()
+    assert [e.WhichOneof("event") for e in together] == ["preview"] * 30 + ["result"]
+    assert [e.preview.progress.step for e in together[:-1]] == list(range(1, 31))
+    assert content(together) == content(alone) and together[-1].result.images == alone[-1].result.images
+    assert len(encoded_on) >= 2 * 2 * 30  # two samples, every step, twice
+    on_scheduler = [name for name in encoded_on if name.startswith(("sdedit-batch-", "sdedit-steps-"))]
+    assert not on_scheduler, f"{len(on_scheduler)} of {len(encoded_on)} previews encoded on the scheduler's threads"
+
+
 def test_health_and_reflection(server):
     assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(server.address, "sdedit.v1.ImageEditor") == health_pb2.HealthCheckResponse.SERVING

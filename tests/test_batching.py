@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -281,6 +281,42 @@ def test_a_call_cut_at_its_earliest_deadline_fails_only_the_edits_past_theirs(ga
         scheduler.close()
     assert doomed_deadline in seen and seen[-1] is None  # shared calls carried its deadline; the mate's alone, none
     np.testing.assert_array_equal(samples, alone(gauss, mate()))
+
+
+def test_an_edit_whose_handed_out_work_lags_waits_for_it_alone(gauss):
+    """on_step hands work out of the step (the service's preview encoding): while two pieces
+    of an edit's are not done, that edit takes no call, and its batch-mate goes on meanwhile;
+    once they are done it goes on, its output unchanged."""
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+
+    def trajectory(seed: int, steps: int) -> EditTrajectory:
+        return EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=steps, sampler="ddpm"), [np.random.default_rng(seed)])
+
+    handed: list[Future] = []
+    release = threading.Event()
+
+    def slow_previews(event) -> Future:
+        handed.append(Future())  # done at once after release, else only when the test says so
+        if release.is_set():
+            handed[-1].set_result(None)
+        return handed[-1]
+
+    scheduler = BatchScheduler("held", gauss.predict_eps, 8)
+    try:
+        held = scheduler.submit(trajectory(1, 10), on_step=slow_previews)
+        mate = scheduler.submit(trajectory(2, 40))
+        samples = mate.result(10).samples  # runs to its end while `held` waits for its work
+        assert len(handed) == 2 and not held.done()  # two steps' work outstanding: no third call
+        release.set()
+        for future in handed:
+            future.set_result(None)  # wakes the scheduler: `held` goes on
+        result = held.result(10)
+    finally:
+        scheduler.close()
+    assert result.network_calls == 10 and len(handed) == 10
+    np.testing.assert_array_equal(samples, alone(gauss, trajectory(2, 40)))
+    np.testing.assert_array_equal(result.samples, alone(gauss, trajectory(1, 10)))
 
 
 def test_a_failing_network_call_fails_every_edit_in_it(gauss):

@@ -175,11 +175,14 @@ def timed_call(eps_fn: EpsFn, x: np.ndarray, t: np.ndarray, deadline: float | No
 
 
 def _advance(edit: ActiveEdit, eps: np.ndarray) -> Outcome:
-    """One edit's step and its progress callback; an error fails that edit only."""
+    """One edit's step and its progress callback (which may hand work out of the step: the
+    edit is held out of calls while that lags, state.py); an error fails that edit only."""
     try:
         event = edit.trajectory.advance(eps)
         if edit.on_step is not None:
-            edit.on_step(event)
+            work = edit.on_step(event)
+            if isinstance(work, Future):
+                edit.hand_out(work)
     except Exception as exc:  # noqa: BLE001 - the edit fails with it; the others go on
         return edit, exc
     return edit, None
