@@ -70,7 +70,7 @@ class TorchNetwork:
         self.parameters = sum(p.numel() for p in self.net.parameters())
         self.shape = (3, resolution, resolution)
 
-    def predict_eps(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    def predict_eps(self, x: np.ndarray, t: np.ndarray, deadline: float | None = None) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
             xs = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).to(self.dtype)

@@ -7,13 +7,15 @@ import time
 
 
 class CountingModel:
-    """Counts and timestamps network calls; optionally sleeps per call to make edits slow."""
+    """Counts and timestamps network calls and keeps the deadline each was made with; optionally
+    sleeps per call to make edits slow."""
 
     def __init__(self, inner, delay: float = 0.0):
         self.inner = inner
         self.info = inner.info
         self.delay = delay
         self.call_times: list[float] = []
+        self.deadlines: list[float | None] = []  # predict_eps's deadline argument, per call
         self._lock = threading.Lock()
 
     @property
@@ -23,6 +25,7 @@ class CountingModel:
     def predict_eps(self, x, t, deadline=None):
         with self._lock:
             self.call_times.append(time.monotonic())
+            self.deadlines.append(deadline)
         if self.delay:
             time.sleep(self.delay)
         return self.inner.predict_eps(x, t, deadline)

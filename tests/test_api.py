@@ -222,6 +222,41 @@ def test_stream_edit_sends_progress_previews_then_the_same_result_as_edit(uncach
     assert [i.data for i in events[-1].result.images] == [i.data for i in unary.images]
 
 
+def test_previews_are_encoded_off_the_scheduler_threads_and_reach_the_reader_unchanged(make_server, monkeypatch):
+    """A preview-heavy stream (a preview every step) next to a batch-mate without previews:
+    no preview PNG is encoded on a batch scheduler's thread (the tick every edit of the call
+    waits for), and the stream's events are the ones it gets alone, in order, bytes equal."""
+    import service.pipeline.progress as progress
+
+    encoded_on: list[str] = []
+    real = progress.encode_png
+
+    def recording(pixels):
+        encoded_on.append(threading.current_thread().name)
+        return real(pixels)
+
+    monkeypatch.setattr(progress, "encode_png", recording)
+    srv = make_server(cache="none")
+    guide = png(np.random.default_rng(3).integers(0, 256, (64, 64), dtype=np.uint8))
+    heavy = build_request(guide, t0=0.6, steps=30, seed=5, num_samples=2, preview_every=1)
+
+    def content(events):
+        return [(e.WhichOneof("event"), e.preview.progress.step, [i.data for i in e.preview.images]) for e in events]
+
+    with Client(srv.address) as client:
+        alone = list(client.stream_edit(heavy))
+        mate = client.stream_edit(build_request(guide, t0=0.6, steps=200, seed=6))  # same shape: shares the calls
+        next(iter(mate))
+        together = list(client.stream_edit(heavy))
+        mate.cancel()
+    assert [e.WhichOneof("event") for e in together] == ["preview"] * 30 + ["result"]
+    assert [e.preview.progress.step for e in together[:-1]] == list(range(1, 31))
+    assert content(together) == content(alone) and together[-1].result.images == alone[-1].result.images
+    assert len(encoded_on) >= 2 * 2 * 30  # two samples, every step, twice
+    on_scheduler = [name for name in encoded_on if name.startswith(("sdedit-batch-", "sdedit-steps-"))]
+    assert not on_scheduler, f"{len(on_scheduler)} of {len(encoded_on)} previews encoded on the scheduler's threads"
+
+
 def test_health_and_reflection(server):
     assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
     assert health_status(server.address, "sdedit.v1.ImageEditor") == health_pb2.HealthCheckResponse.SERVING
@@ -338,6 +373,31 @@ def test_deadline_stops_the_loop_and_frees_the_slot(make_server, guide16):
     wait_for(lambda: srv.service.admission.in_flight == 0, 5, what="slot freed")
     assert sum(t > deadline_at + 0.06 for t in wrap.models["gauss"].call_times) == 0
     assert wrap.models["gauss"].calls < 20
+
+
+def test_each_network_call_is_bounded_by_the_earliest_deadline_of_its_edits(make_server, guide16):
+    """The deadline of a served edit reaches the backend's predict_eps on every call it is in
+    (a remote backend bounds its call by it), also when it shares the call with an edit that
+    has none; an edit without a deadline alone calls with None."""
+    wrap = counting(delay=0.01)
+    srv = make_server(wrap_model=wrap)
+    model = wrap.models["gauss"]
+    with Client(srv.address) as client:
+        endless = client.stream_edit(build_request(png(guide16), t0=0.5, steps=400, seed=1))  # no deadline
+        for event in endless:
+            if event.progress.network_calls >= 3:
+                break
+        sent = time.monotonic()
+        response = client.edit(build_request(png(guide16), t0=0.5, steps=5, seed=2), timeout=20)
+        answered = time.monotonic()
+        endless.cancel()
+    assert len(response.images) == 1
+    wait_for(lambda: srv.service.admission.in_flight == 0, 5, what="both edits left")
+    calls = list(zip(model.call_times, model.deadlines))
+    assert all(deadline is None for at, deadline in calls if at < sent), "an edit without a deadline called with one"
+    bounded = [deadline for at, deadline in calls if deadline is not None]
+    assert len(bounded) >= 5, f"the edit with a deadline made {len(bounded)} calls with it (of its 5)"
+    assert all(sent + 19 <= deadline <= answered + 21 for deadline in bounded), (sent, bounded)  # gRPC rounds up
 
 
 def test_full_queue_answers_resource_exhausted(make_server, guide16):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -15,6 +15,7 @@ from service.backends.onnx import OnnxScoreModel
 from service.batching import BatchScheduler, CallCosts, SplitState, TickStats, Waiting, decide_split, fair_share
 from service.client import Client, build_request
 from service.config import PROJECT_ROOT
+from service.errors import DeadlineExceeded
 from service.pipeline.imaging import decode_npy
 from service.sde import EditCancelled, EditParams, EditTrajectory, build_schedule, run_sdedit
 from tests.helpers import png
@@ -130,7 +131,7 @@ def test_a_cancelled_edit_leaves_before_the_next_call_and_the_others_go_on(gauss
     other = EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=20, sampler="ddpm"), [np.random.default_rng(2)])
     stop = threading.Event()
 
-    def slow(x, t):
+    def slow(x, t, deadline=None):
         time.sleep(0.01)
         return gauss.predict_eps(x, t)
 
@@ -212,7 +213,7 @@ class Device:
         self.outstanding = self.most_outstanding = 0
         self.count = threading.Lock()
 
-    def __call__(self, x, t):
+    def __call__(self, x, t, deadline=None):
         with self.count:
             self.outstanding += 1
             self.most_outstanding = max(self.most_outstanding, self.outstanding)
@@ -244,11 +245,85 @@ def test_two_groups_in_flight_overlap_and_stay_bit_identical_to_each_edit_alone(
     assert max(t.images for t in ticks) <= -(-total // 2) + max(n for _, _, n in MIXED)  # about half the images each
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_call_cut_at_its_earliest_deadline_fails_only_the_edits_past_theirs(gauss, depth):
+    """Each call gets the earliest deadline of its edits; a backend that stops the call at that
+    deadline (DeadlineExceeded, as Triton does) fails the edit whose deadline passed, and its
+    batch-mate without one takes no step from that call and goes on, its output unchanged."""
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+
+    def mate() -> EditTrajectory:
+        return EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=30, sampler="ddpm"), [np.random.default_rng(2)])
+
+    seen: list[float | None] = []
+
+    def remote(x, t, deadline=None):
+        seen.append(deadline)
+        if deadline is not None and time.monotonic() + 0.01 >= deadline:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            raise DeadlineExceeded("deadline exceeded during inference")
+        time.sleep(0.01)
+        return gauss.predict_eps(x, t)
+
+    scheduler = BatchScheduler("deadline", remote, 8, pipeline_depth=depth)
+    scheduler.costs = FixedCosts(1.0)  # one call carries both edits
+    try:
+        with scheduler._wake:  # both queued before the first call
+            doomed_deadline = time.monotonic() + 0.1
+            doomed = scheduler.submit(EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=500, sampler="ddpm"),
+                                                     [np.random.default_rng(1)]), deadline=doomed_deadline)
+            other = scheduler.submit(mate())
+        with pytest.raises(DeadlineExceeded):
+            doomed.result(10)
+        samples = other.result(10).samples
+    finally:
+        scheduler.close()
+    assert doomed_deadline in seen and seen[-1] is None  # shared calls carried its deadline; the mate's alone, none
+    np.testing.assert_array_equal(samples, alone(gauss, mate()))
+
+
+def test_an_edit_whose_handed_out_work_lags_waits_for_it_alone(gauss):
+    """on_step hands work out of the step (the service's preview encoding): while two pieces
+    of an edit's are not done, that edit takes no call, and its batch-mate goes on meanwhile;
+    once they are done it goes on, its output unchanged."""
+    schedule = build_schedule(gauss.info.sde)
+    guide = np.zeros((1, 16, 16), np.float32)
+
+    def trajectory(seed: int, steps: int) -> EditTrajectory:
+        return EditTrajectory(schedule, guide, None, EditParams(t0=0.5, steps=steps, sampler="ddpm"), [np.random.default_rng(seed)])
+
+    handed: list[Future] = []
+    release = threading.Event()
+
+    def slow_previews(event) -> Future:
+        handed.append(Future())  # done at once after release, else only when the test says so
+        if release.is_set():
+            handed[-1].set_result(None)
+        return handed[-1]
+
+    scheduler = BatchScheduler("held", gauss.predict_eps, 8)
+    try:
+        held = scheduler.submit(trajectory(1, 10), on_step=slow_previews)
+        mate = scheduler.submit(trajectory(2, 40))
+        samples = mate.result(10).samples  # runs to its end while `held` waits for its work
+        assert len(handed) == 2 and not held.done()  # two steps' work outstanding: no third call
+        release.set()
+        for future in handed:
+            future.set_result(None)  # wakes the scheduler: `held` goes on
+        result = held.result(10)
+    finally:
+        scheduler.close()
+    assert result.network_calls == 10 and len(handed) == 10
+    np.testing.assert_array_equal(samples, alone(gauss, trajectory(2, 40)))
+    np.testing.assert_array_equal(result.samples, alone(gauss, trajectory(1, 10)))
+
+
 def test_a_failing_network_call_fails_every_edit_in_it(gauss):
     schedule = build_schedule(gauss.info.sde)
     guide = np.zeros((1, 16, 16), np.float32)
 
-    def broken(x, t):
+    def broken(x, t, deadline=None):
         raise RuntimeError("the network is gone")
 
     scheduler = BatchScheduler("broken", broken, 8)

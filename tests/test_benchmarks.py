@@ -50,6 +50,16 @@ def test_samplers_benchmark_runs(tmp_path):
     assert (tmp_path / "error_vs_calls.png").stat().st_size > 0 and "digits" in (tmp_path / "results.md").read_text()
 
 
+def test_preview_encoding_benchmark_runs(tmp_path):
+    """A tiny run of benchmarks/preview_encoding.py through an in-process server."""
+    spec = importlib.util.spec_from_file_location("preview_benchmark", ROOT / "benchmarks" / "preview_encoding.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    report = benchmark.main(["--size", "32", "--steps", "4", "--rounds", "1", "--json", str(tmp_path / "p.json")])
+    assert set(report["results"]) == set(benchmark.PHASES) and report["ratios"]["plain_edit_seconds"] > 0
+    assert all(r["ticks"] >= 3 for r in report["results"].values()) and (tmp_path / "p.json").stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_batching_benchmark_runs(tmp_path):
     """A tiny run of benchmarks/batching.py: (a) through in-process servers, (b) on the simulated accelerator."""

@@ -185,6 +185,34 @@ def test_a_killed_replica_s_jobs_are_reclaimed_and_every_job_survives_a_restart(
 
 
 @pytest.mark.e2e
+def test_a_job_reclaimed_from_a_killed_replica_does_not_wait_behind_its_dead_lock(serve, redis_server):
+    """The killed replica held the job's single-flight lock in Redis; it stops renewing it, so
+    the lock is gone within --cache-lock-seconds and the reclaimed job runs at once."""
+    import time
+
+    lease = 3.0
+    flags = ("--cache", "redis", "--redis-url", redis_server.url, "--job-lease-seconds", str(lease), *JOB_FLAGS)
+    doomed = serve(*flags)
+    with Client(doomed.address) as client:
+        job_id = client.stub.SubmitEdit(long_request(seed=31, size=64, steps=400, repeats=1)).id
+    with redis_server.client() as redis:
+        wait_for(lambda: redis.keys("sdedit:v2:lock:*"), 60, 0.02, "the doomed replica holding the job's lock")
+        doomed.process.kill()  # SIGKILL mid-job: its job stays pending, its lock stays in Redis
+        killed = time.monotonic()
+        doomed.process.wait(10)
+        [lock] = redis.keys("sdedit:v2:lock:*")
+        left_ms = redis.pttl(lock)
+    survivor = serve(*flags)
+    with Client(survivor.address) as client:
+        # the lease, the run itself (about a second) and a few seconds' slack: not the old 120 s lock
+        job = wait_state(client, job_id, {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED}, lease + 15)
+    assert job.state == pb.JOB_STATE_SUCCEEDED and job.attempts == 2, job.error
+    assert 0 < left_ms <= 6000, "a dead replica's lock outlives it by at most --cache-lock-seconds"
+    assert time.monotonic() - killed < lease + 15
+    assert "reclaimed" in survivor.output()
+
+
+@pytest.mark.e2e
 def test_jobs_queued_while_no_replica_runs_are_run_by_the_next_one(serve, redis_server):
     flags = ("--cache", "redis", "--redis-url", redis_server.url, *JOB_FLAGS)
     first = serve(*flags, "--job-workers", "1")

@@ -38,6 +38,7 @@ def test_flags_win_over_environment_over_defaults():
     (dict(argv=("--cache", "memcached")), "cache must be one of memory, redis, none"),
     (dict(argv=("--cache", "redis", "--redis-url", "http://:pw@h/0")), r"redis_url must start with .*'http://:\*\*\*@h/0'"),
     (dict(env={"SDEDIT_CACHE_TTL_SECONDS": "0"}), "cache_ttl_seconds must be > 0"),
+    (dict(argv=("--cache-lock-seconds", "1", "--redis-timeout-seconds", "0.5")), "cache_lock_seconds must be at least 3 x"),
     (dict(argv=("--cache-key-prefix", "a b")), "cache_key_prefix must be printable with no spaces"),
     (dict(argv=("--triton-shared-memory",)), "triton_shared_memory needs backend triton"),
     (dict(env={"SDEDIT_TRITON_SHARED_MEMORY": "maybe"}), "expected true or false"),

@@ -30,6 +30,7 @@ from service.errors import BackendError, DeadlineExceeded, ServiceError
 from service.pipeline.imaging import decode_npy
 from service.testing.servers import health_status, shm_files, triton_regions, triton_settings, wait_for
 from tests.helpers import ServerFactory, join_threads, png, start_threads
+from tests.models_for_tests import counting
 
 DEFAULT_MODEL = Settings().default_model  # follows the service's default, whatever it becomes
 PARITY_MODELS = ["gauss", "gauss-ve", "mix", "gauss-rgb", DEFAULT_MODEL]
@@ -266,6 +267,25 @@ def test_the_deadline_bounds_each_call(parity_repository, triton):
         assert model.predict_eps(x[:1], t[:1], deadline=time.monotonic() + 30).shape == (1, 1, 256, 256)
     finally:
         model.close()
+
+
+def test_a_served_edit_s_deadline_bounds_its_triton_calls(parity_repository, triton, make_server, guide16):
+    """On the path the service takes (gRPC door, pipeline, batch scheduler, the Triton
+    backend): every Triton call of an edit with a deadline is made with that deadline (the
+    client timeout of the call), and one without a deadline calls with none."""
+    wrap = counting()
+    srv = make_server.start(triton_settings(parity_repository, triton.url, shm=False), wrap)
+    model = wrap.models["gauss"]
+    assert isinstance(model.inner, TritonScoreModel)
+    with Client(srv.address) as client:
+        client.edit(build_request(png(guide16), t0=0.5, steps=3, seed=1), timeout=None)
+        unbounded = list(model.deadlines)
+        sent = time.monotonic()
+        response = client.edit(build_request(png(guide16), t0=0.5, steps=4, seed=2), timeout=20)
+        answered = time.monotonic()
+    assert unbounded == [None] * 3 and len(response.images) == 1
+    bounded = model.deadlines[3:]
+    assert len(bounded) == 4 and all(sent + 19 <= d <= answered + 21 for d in bounded), (sent, bounded)
 
 
 def test_unavailable_is_retried_within_its_budget_and_the_deadline_only(parity_repository, triton, tmp_path):

@@ -22,7 +22,9 @@ import numpy as np
 
 from service.batching.state import ActiveEdit
 
-EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# The network: predict_eps(x, t, deadline) of a backend (service/backends/base.py ScoreModel),
+# deadline the earliest of the call's edits (time.monotonic(), or None).
+EpsFn = Callable[[np.ndarray, np.ndarray, float | None], np.ndarray]
 TimedEps = tuple[np.ndarray, float, float]  # (eps, started, ended) in perf_counter seconds
 Outcome = tuple[ActiveEdit, BaseException | None]  # an edit and the error of its step, if any
 
@@ -34,11 +36,11 @@ class PendingCall(Protocol):
 class DeferredCall:
     """Depth 1: a call not yet made; result() makes it, on the thread that lands it."""
 
-    def __init__(self, eps_fn: EpsFn, x: np.ndarray, t: np.ndarray):
-        self._eps_fn, self._x, self._t = eps_fn, x, t
+    def __init__(self, eps_fn: EpsFn, x: np.ndarray, t: np.ndarray, deadline: float | None):
+        self._eps_fn, self._x, self._t, self._deadline = eps_fn, x, t, deadline
 
     def result(self) -> TimedEps:
-        return timed_call(self._eps_fn, self._x, self._t)
+        return timed_call(self._eps_fn, self._x, self._t, self._deadline)
 
 
 @dataclass(eq=False)
@@ -100,11 +102,12 @@ class Executor:
         x = inputs[0][0] if len(inputs) == 1 else np.concatenate([i[0] for i in inputs])
         t = inputs[0][1] if len(inputs) == 1 else np.concatenate([i[1] for i in inputs])
         drawing = self._draw_noise(batch)
+        deadline = call_deadline(batch)
         call: PendingCall
         if self._network is None:
-            call = DeferredCall(self.eps_fn, x, t)
+            call = DeferredCall(self.eps_fn, x, t, deadline)
         else:
-            call = self._network.submit(timed_call, self.eps_fn, x, t)
+            call = self._network.submit(timed_call, self.eps_fn, x, t, deadline)
         return Flight(batch, len(x), call, drawing, time.thread_time() - cpu, time.perf_counter() - wall)
 
     def land(self, flight: Flight) -> Landing:
@@ -160,18 +163,26 @@ class Executor:
         return [self._noise.submit(task) for task in tasks]
 
 
-def timed_call(eps_fn: EpsFn, x: np.ndarray, t: np.ndarray) -> TimedEps:
+def call_deadline(batch: list[ActiveEdit]) -> float | None:
+    """The deadline of a call: the earliest of its edits' (None: none of them has one)."""
+    return min((edit.deadline for edit in batch if edit.deadline is not None), default=None)
+
+
+def timed_call(eps_fn: EpsFn, x: np.ndarray, t: np.ndarray, deadline: float | None) -> TimedEps:
     started = time.perf_counter()
-    eps = eps_fn(x, t)
+    eps = eps_fn(x, t, deadline)
     return eps, started, time.perf_counter()
 
 
 def _advance(edit: ActiveEdit, eps: np.ndarray) -> Outcome:
-    """One edit's step and its progress callback; an error fails that edit only."""
+    """One edit's step and its progress callback (which may hand work out of the step: the
+    edit is held out of calls while that lags, state.py); an error fails that edit only."""
     try:
         event = edit.trajectory.advance(eps)
         if edit.on_step is not None:
-            edit.on_step(event)
+            work = edit.on_step(event)
+            if isinstance(work, Future):
+                edit.hand_out(work)
     except Exception as exc:  # noqa: BLE001 - the edit fails with it; the others go on
         return edit, exc
     return edit, None

@@ -8,9 +8,9 @@ import threading
 from collections.abc import Callable
 
 from service.backends.registry import LoadedModel
+from service.batching.executor import EpsFn
 from service.batching.scheduler import BatchScheduler
 from service.config import Settings
-from service.sde.engine import EpsFn
 
 
 class SchedulerRegistry:

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from service.batching.costmodel import CallCosts, CostFit, SplitState, decide_split
 from service.batching.executor import EpsFn, Executor, Flight, Landing
 from service.batching.policy import call_room, fair_share
-from service.batching.state import ActiveEdit
-from service.sde import EditCancelled, EditResult, EditTrajectory, StepEvent
+from service.batching.state import ActiveEdit, StepCallback
+from service.errors import DeadlineExceeded
+from service.sde import EditCancelled, EditResult, EditTrajectory
 
 log = logging.getLogger(__name__)
 IDLE_EXIT_SECONDS = 5.0  # a scheduler's thread ends after this long with nothing to run
+DEADLINE_SLACK = 1e-3  # seconds: a deadline this close counts as passed (the backends' own slack)
+HELD_RECHECK_SECONDS = 0.05  # with only held edits: how often their stop checks are looked at meanwhile
 
 
 @dataclass
@@ -72,15 +75,21 @@ class BatchScheduler:
             return len(self._edits)
 
     def submit(self, trajectory: EditTrajectory, should_stop: Callable[[], bool] | None = None,
-               on_step: Callable[[StepEvent], None] | None = None, tenant: str = "", weight: float = 1.0) -> Future:
+               on_step: StepCallback | None = None, tenant: str = "", weight: float = 1.0,
+               deadline: float | None = None) -> Future:
         """Adds an edit; its future resolves to its EditResult (or its error) when it leaves.
-        tenant, weight: whose it is, and that tenant's share of a full call."""
+        tenant, weight: whose it is, and that tenant's share of a full call. deadline
+        (time.monotonic(), or None): each call it is in is bounded by the earliest deadline of
+        that call's edits (the backend's predict_eps(x, t, deadline)). on_step(event) runs after
+        each of its steps, on the scheduler's threads: it may return a Future of work it handed
+        out (state.py ActiveEdit.hand_out), behind which the edit, and only it, then waits."""
         if not weight > 0:
             raise ValueError(f"weight must be > 0, got {weight}")
         if trajectory.batch > self.max_batch_images:
             raise ValueError(f"{trajectory.batch} samples exceed the batch of {self.max_batch_images} images")
         future: Future = Future()
-        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order), tenant, weight)
+        edit = ActiveEdit(trajectory, future, should_stop or (lambda: False), on_step, next(self._order), tenant, weight,
+                          deadline, wake=self._poke)
         with self._wake:
             if self._closed:
                 raise RuntimeError(f"scheduler {self.name} is closed")
@@ -90,6 +99,11 @@ class BatchScheduler:
                 self._thread.start()
             self._wake.notify()
         return future
+
+    def _poke(self) -> None:
+        """An edit's handed-out work is done: it may be ready for a call again."""
+        with self._wake:
+            self._wake.notify()
 
     def close(self, timeout: float = 10.0) -> None:
         """Stops the thread; edits still active fail with EditCancelled."""
@@ -129,7 +143,13 @@ class BatchScheduler:
         IDLE_EXIT_SECONDS idle (a later submit starts a new one) or once closed with no call in
         flight (the edits still active fail)."""
         deadline = time.monotonic() + IDLE_EXIT_SECONDS
-        while not flights and not self._edits and not self._closed:
+        while not flights and not self._closed and not any(not e.in_call and not e.lagging() for e in self._edits):
+            if self._edits:  # every edit held behind its handed-out work: woken when some is done
+                self._wake.wait(HELD_RECHECK_SECONDS)
+                if any(e.stop_reason() is not None for e in self._edits):
+                    break  # a held edit's caller gave up: it leaves now
+                deadline = time.monotonic() + IDLE_EXIT_SECONDS
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self._thread = None
@@ -145,6 +165,8 @@ class BatchScheduler:
     def _decide(self, in_flight: int) -> list[list[ActiveEdit]]:
         """The calls to launch now, each a batch of whole edits (lock held)."""
         self._drop_stopped()
+        for edit in self._edits:
+            edit.held = edit.lagging()
         images = sum(edit.images for edit in self._edits)
         decision = decide_split(self.pipeline_depth, images, self.split_state, self.costs)
         self.split_state.split = decision.split
@@ -156,7 +178,7 @@ class BatchScheduler:
             if not share.chosen:
                 break
             for edit in share.chosen:
-                edit.in_flight = True
+                edit.in_call = True
             launches.append(share.chosen)
         return launches
 
@@ -164,7 +186,7 @@ class BatchScheduler:
         """Edits whose caller gave up leave before their next call (lock held)."""
         kept = []
         for edit in self._edits:
-            reason = None if edit.in_flight else edit.stop_reason()
+            reason = None if edit.in_call else edit.stop_reason()
             if reason is None:
                 kept.append(edit)
             else:
@@ -178,7 +200,7 @@ class BatchScheduler:
         if network_seconds is not None:  # the call answered (even if a draw failed after it)
             self.costs.add(flight.images, network_seconds)
         if landing.error is not None or network_seconds is None:
-            self._leave(flight.batch, error=landing.error)
+            self._leave(failing(flight.batch, landing.error), error=landing.error)
             return
         failed = []
         for edit, exc in landing.outcomes:
@@ -190,7 +212,7 @@ class BatchScheduler:
             self._leave([edit], error=exc)
         with self._wake:
             for edit in flight.batch:
-                edit.in_flight = False
+                edit.in_call = False
         serial = flight.launch_seconds + time.perf_counter() - landing.wall_started  # this thread's wall time outside the call
         self.split_state.observe(serial, flight.images)
         if self._on_tick is not None:
@@ -208,3 +230,18 @@ class BatchScheduler:
             self._edits = [e for e in self._edits if id(e) not in leaving]
         for edit in edits:
             edit.finish(result, error)
+
+
+def failing(batch: list[ActiveEdit], error: BaseException | None) -> list[ActiveEdit]:
+    """The edits a failed call fails: all of them, but for a call stopped at its deadline (the
+    earliest of its edits') only those whose deadline passed; the others took no step from it
+    (their noise stays drawn) and are free for the next call (on the scheduler's thread)."""
+    if not isinstance(error, DeadlineExceeded):
+        return batch
+    now = time.monotonic()
+    expired = [edit for edit in batch if edit.deadline is not None and edit.deadline <= now + DEADLINE_SLACK]
+    if not expired:
+        return batch  # no deadline of theirs passed: the backend's own limit, not ours
+    for edit in batch:
+        edit.in_call = False
+    return expired

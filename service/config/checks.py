@@ -102,6 +102,9 @@ def check_cache(s: Settings) -> Problems:
     """The result cache and its Redis."""
     yield from _at_least_one(s, "cache_memory_bytes", "cache_max_entry_bytes", "redis_max_connections")
     yield from _positive(s, "cache_ttl_seconds", "cache_lock_seconds", "redis_timeout_seconds", "cache_retry_seconds")
+    if s.cache_lock_seconds < 3 * s.redis_timeout_seconds:  # a renewal, every third of it, must have time to answer
+        yield (f"cache_lock_seconds must be at least 3 x redis_timeout_seconds ({3 * s.redis_timeout_seconds:g}), "
+               f"got {s.cache_lock_seconds:g}: a lock is renewed every third of it")
     if s.cache == "redis":
         yield from _redis_url("redis_url", s.redis_url)
     if s.redis_password and has_password(s.redis_url):

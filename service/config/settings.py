@@ -130,8 +130,9 @@ class Settings:
     cache_max_entry_bytes: int = CACHE.setting(16 << 20, "larger results are not cached (request_id records are, up to "
                                                "max_message_mib)")
     cache_key_prefix: str = CACHE.setting("sdedit", "prefix of every cache key (share one Redis between deployments)")
-    cache_lock_seconds: float = CACHE.setting(120.0, "single-flight lock lifetime, renewed every third of it while its edit "
-                                              "runs: how long a dead replica's lock holds duplicates back")
+    cache_lock_seconds: float = CACHE.setting(6.0, "single-flight lock's TTL, renewed every third of it while its owner is "
+                                              "alive and its edit waits or runs: how long a dead replica's lock holds "
+                                              "duplicates (and a job reclaimed from it) back")
     redis_timeout_seconds: float = CACHE.setting(0.5, "connect and command timeout; slower Redis counts as down")
     redis_max_connections: int = CACHE.setting(32, "Redis connection pool size per process")
     cache_retry_seconds: float = CACHE.setting(2.0, "after Redis failures: how long edits skip it before one probe")

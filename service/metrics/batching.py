@@ -20,7 +20,7 @@ from service.metrics.common import BATCH_BUCKETS, LATENCY_BUCKETS
 if TYPE_CHECKING:
     from service.batching import TickStats
 
-EpsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+EpsFn = Callable[[np.ndarray, np.ndarray, float | None], np.ndarray]  # predict_eps(x, t, deadline)
 
 
 class BatchingObserver(Protocol):
@@ -53,15 +53,16 @@ class BatchingMetrics:
                                             ("model", "kind"), registry=r)
 
     def timed_network(self, model: str, eps_fn: EpsFn) -> EpsFn:
-        """Wraps a backend's predict_eps: times and counts each call, counts its failures by kind."""
+        """Wraps a backend's predict_eps(x, t, deadline): times and counts each call, counts its
+        failures by kind; the deadline (the call's earliest) goes to the backend as it is."""
         seconds = self.network_call_seconds.labels(model)
         calls = self.network_calls_total.labels(model)
         batch = self.network_batch_size.labels(model)
 
-        def timed(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+        def timed(x: np.ndarray, t: np.ndarray, deadline: float | None = None) -> np.ndarray:
             started = time.perf_counter()
             try:
-                eps = eps_fn(x, t)
+                eps = eps_fn(x, t, deadline)
             except BackendError as exc:
                 self.backend_errors_total.labels(model, exc.kind).inc()
                 raise

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from service.backends.registry import LoadedModel, ModelRegistry
 from service.batching import SchedulerRegistry
@@ -29,9 +31,9 @@ from service.pipeline.encoding import encode_outcome
 from service.pipeline.observer import EditServiceObserver
 from service.pipeline.plan import Planner, RequestPlan, decode_job
 from service.pipeline.procmem import rss_bytes
-from service.pipeline.progress import ProgressCallback, progress_update, with_progress
+from service.pipeline.progress import ProgressCallback, ProgressRelay, with_progress
 from service.requests import EditJob, EditOutcome, EditRequestData, ProgressUpdate
-from service.sde import EditCancelled, EditTrajectory, GaussianNoise, StepEvent
+from service.sde import EditCancelled, EditTrajectory, GaussianNoise
 from service.tenancy.tenants import ANONYMOUS, Tenant
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class EditService:
                                    edit_budget_bytes(settings, self.baseline_bytes))
         self.planner = Planner(registry, settings, self.admission.budget_bytes)
         self._decodes = asyncio.Semaphore(settings.max_decodes)
+        # preview images are encoded here, never on a batch scheduler's thread (progress.py ProgressRelay)
+        self._previews = ThreadPoolExecutor(min(4, os.cpu_count() or 1), thread_name_prefix="sdedit-preview")
         self.metrics = metrics
         self.schedulers = SchedulerRegistry(settings, self.metrics.timed_network, self.metrics.batch_tick)
         self.metrics.watch_edits(self.admission, registry, cache, lambda: self.schedulers.active)
@@ -64,7 +68,9 @@ class EditService:
         """Runs one planned edit. deadline: time.monotonic() value, or None. tenant: who asked (its
         request_ids are its own; its share of the batch follows its weight).
 
-        on_progress is called from the batch scheduler's thread after every step.
+        on_progress is called after every step, in step order, from the batch scheduler's thread
+        or (an update with preview images, and those behind it) a preview encoder's thread; every
+        update has been handed to it before this returns.
         """
         received = time.perf_counter()
         self.admission.check_open()
@@ -120,15 +126,13 @@ class EditService:
                 timed_out = True
             return timed_out or stop.is_set()
 
-        def on_step(event: StepEvent) -> None:
-            if on_progress is not None:
-                on_progress(progress_update(event, started))
-
+        relay = None if on_progress is None else ProgressRelay(on_progress, started, self._previews)
         log.debug("running the SDEdit loop: model %s, %d sample(s), %d repeat(s) x %d steps", job.model_name,
                   len(job.seeds), job.params.repeats, job.params.steps)
         trajectory = await asyncio.to_thread(self._trajectory, job, model)
         scheduler = self.schedulers.get(model, trajectory.shape)
-        future = asyncio.wrap_future(scheduler.submit(trajectory, should_stop, on_step, tenant.name, tenant.weight))
+        future = asyncio.wrap_future(scheduler.submit(trajectory, should_stop, relay and relay.step, tenant.name,
+                                                      tenant.weight, deadline))
         try:
             result = await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -140,6 +144,8 @@ class EditService:
             if timed_out:
                 raise DeadlineExceeded(f"deadline exceeded: {exc}") from exc
             raise Cancelled(f"cancelled: {exc}") from exc
+        if relay is not None:
+            await asyncio.wrap_future(relay.drained())  # its last previews reach the reader before the result
         sde_seconds = time.perf_counter() - started
         return await asyncio.to_thread(encode_outcome, job, model.info, result, sde_seconds)
 
@@ -155,4 +161,5 @@ class EditService:
 
     def close(self) -> None:
         self.schedulers.close()
+        self._previews.shutdown(wait=True)
         self.registry.close()

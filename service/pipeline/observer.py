@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from service.batching.executor import EpsFn
 from service.requests import EditOutcome
-from service.sde.engine import EpsFn
 
 
 class EditServiceObserver(Protocol):
@@ -21,7 +21,7 @@ class EditServiceObserver(Protocol):
         """A StreamEdit reader fell behind: an event (or a preview's images) was dropped."""
 
     def timed_network(self, model: str, eps_fn: EpsFn) -> EpsFn:
-        """The network call, timed and counted."""
+        """The network call predict_eps(x, t, deadline), timed and counted."""
 
     def batch_tick(self, stats) -> None:
         """One scheduler tick's statistics (service/batching/ TickStats)."""
