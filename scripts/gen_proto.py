@@ -12,7 +12,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from google.rpc import status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,13 +21,11 @@ INIT = '"""Generated from proto/sdedit/v1/sdedit.proto by scripts/gen_proto.py; 
 
 def generate(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    include = str(Path(protoc.__file__).parent / "_proto")  # well-known types
-    googleapis = str(Path(status_pb2.__file__).parents[2])  # google/rpc/status.proto (googleapis-common-protos)
+    include = str(Path(protoc.__file__).parent / "_proto")  # the well-known types (google/protobuf/*)
     args = [
         "protoc",
-        f"-I{ROOT / 'proto'}",
+        f"-I{ROOT / 'proto'}",  # sdedit/v1 and the google/rpc protos it imports (proto/google/README.md)
         f"-I{include}",
-        f"-I{googleapis}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

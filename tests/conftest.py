@@ -4,6 +4,8 @@ tritonserver serving the CPU variant of those models."""
 
 from __future__ import annotations
 
+import gc
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from service.backends.repository import discover_models, model_parameters, write
 from service.testing.redis_server import RedisServer
 from service.testing.servers import ROOT
 from tests.certs import CertificateAuthority
-from tests.helpers import VE, VP, ServerFactory, start_triton
+from tests.helpers import VE, VP, NeverRetrieved, ServerFactory, start_triton
 
 ORACLE_DEFAULTS = {"default_model": "gauss"}  # what the servers on the oracle models run unless told otherwise
 
@@ -115,6 +117,31 @@ def mask16() -> np.ndarray:
     mask = np.zeros((16, 16), dtype=np.uint8)
     mask[4:12, 2:9] = 255
     return mask
+
+
+NEVER_RETRIEVED = NeverRetrieved()
+
+
+def pytest_configure(config):
+    logging.getLogger("asyncio").addHandler(NEVER_RETRIEVED)
+
+
+@pytest.fixture(autouse=True)
+def no_exception_left_unretrieved():
+    """Every test of the suite fails if a task or future (of its own, or dropped since the
+    previous test) ended with an exception nobody retrieved."""
+    yield
+    gc.collect()  # a task in a reference cycle (its exception's traceback) is logged only when collected
+    if found := NEVER_RETRIEVED.take():
+        pytest.fail("asyncio: exception never retrieved:\n" + "\n".join(found), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The same after the last module's and the session's servers stopped."""
+    gc.collect()
+    if found := NEVER_RETRIEVED.take():
+        print("\nasyncio: exception never retrieved after the last test:\n" + "\n".join(found))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -195,3 +196,26 @@ def promtool() -> str:
     if found is None:
         pytest.fail("promtool is missing: `make test` installs it (scripts/install-promtool.sh)")
     return found
+
+
+# --- asyncio ------------------------------------------------------------------------------------
+
+class NeverRetrieved(logging.Handler):
+    """asyncio's "Task exception was never retrieved" / "Future exception was never retrieved"
+    records: a task or future that ended with an exception nobody consumed (logged when it is
+    collected, from whichever thread drops it)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.found: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "exception was never retrieved" in message:
+            exc = record.exc_info[1] if record.exc_info else None
+            self.found.append(f"{message.splitlines()[0]} {exc!r}" if exc is not None else message)
+
+    def take(self) -> list[str]:
+        with self.lock:
+            found, self.found = self.found, []
+        return found

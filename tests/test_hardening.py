@@ -5,7 +5,9 @@ no request can exceed the memory budget; shutdown answers UNAVAILABLE; streams a
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
+import logging
 import threading
 import time
 
@@ -17,12 +19,13 @@ from PIL import Image
 from sdedit.v1 import sdedit_pb2 as pb
 from sdedit.v1 import sdedit_pb2_grpc
 from service.client import Client, build_request
-from service.errors import ResourceExhausted
+from service.errors import DeadlineExceeded, ResourceExhausted
 from service.pipeline.admission import Admission
-from service.pipeline.progress import ProgressBacklog
+from service.pipeline.progress import ProgressBacklog, with_progress
 from service.requests import ProgressUpdate
 from service.sde import Progress
-from tests.helpers import bad_fields, image_bytes, png
+from service.testing.servers import wait_for
+from tests.helpers import NeverRetrieved, bad_fields, image_bytes, join_threads, png, start_threads
 from tests.metrics_scrape import scrape, value
 from tests.models_for_tests import counting
 
@@ -351,3 +354,77 @@ def test_grpcs_traceback_for_a_response_to_an_ended_call_becomes_one_line():
     assert record.exc_info is None and record.levelno == logging.INFO and "call had ended" in record.getMessage()
     other = logging.LogRecord("grpc._cython.cygrpc", logging.ERROR, __file__, 1, "something else", (), None)
     assert EndedCallFilter().filter(other) and other.levelno == logging.ERROR
+
+
+# --- no task ends with an exception nobody retrieved ----------------------------------------------
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_many_edits_with_deadlines_of_a_few_milliseconds_leave_no_exception_unretrieved(make_server, guide16, cache,
+                                                                                     caplog):
+    """Edit and StreamEdit calls whose deadline ends before, during or after their work (identical
+    seeded ones sharing one edit through the cache's single flight): each abandoned task's
+    exception is consumed. The suite-wide guard (tests/conftest.py) fails any test that leaves
+    one; this test makes the case it was found in."""
+    srv = make_server(cache=cache, max_active_edits=2)
+    stub = sdedit_pb2_grpc.ImageEditorStub(grpc.insecure_channel(srv.address))
+    requests = [build_request(png(guide16), t0=0.5, steps=40, seed=i % 4, preview_every=1) for i in range(8)]
+    errors: list[grpc.StatusCode] = []
+
+    def call(i: int) -> None:
+        timeout = 0.001 + (i % 12) * 0.002  # 1 to 23 ms
+        try:
+            if i % 2:
+                stub.Edit(requests[i % 8], timeout=timeout)
+            else:
+                for _ in stub.StreamEdit(requests[i % 8], timeout=timeout):
+                    pass
+        except grpc.RpcError as exc:
+            errors.append(exc.code())
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for wave in range(4):
+            join_threads(start_threads(call, range(wave * 40, wave * 40 + 40)), 60)
+        wait_for(lambda: srv.service.admission.in_flight == 0, 30, what="every edit gone")
+        gc.collect()  # a task in a reference cycle is reported only when collected
+    assert set(errors) <= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+    assert grpc.StatusCode.DEADLINE_EXCEEDED in errors
+    never = [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert never == []
+
+
+def test_a_stream_left_after_its_edit_failed_leaves_the_error_retrieved(caplog):
+    """The consumer takes the last progress update and leaves (a deadline, a client gone) before
+    reading the edit's error: the error is consumed, not logged "never retrieved"."""
+    update = ProgressUpdate(Progress(repeat=1, repeats=1, step=1, steps=2, network_calls=1, total_network_calls=2))
+
+    async def edit(on_progress):
+        on_progress(update)
+        raise DeadlineExceeded("deadline exceeded: stopped after 1 network calls")
+
+    async def leave_after_the_update():
+        stream = with_progress(edit)
+        assert await stream.__anext__() is update
+        await stream.aclose()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(leave_after_the_update())
+        gc.collect()
+    assert [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()] == []
+
+
+def test_the_suite_wide_guard_sees_a_task_whose_exception_nobody_retrieved():
+    """tests/conftest.py's guard is installed on the asyncio logger and catches a dropped task
+    (this test takes the record from it, so it does not fail itself)."""
+    (guard,) = [h for h in logging.getLogger("asyncio").handlers if isinstance(h, NeverRetrieved)]
+
+    async def fail():
+        raise ValueError("nobody reads this")
+
+    async def drop():
+        asyncio.get_running_loop().create_task(fail())
+        await asyncio.sleep(0)
+
+    asyncio.run(drop())
+    gc.collect()
+    assert guard.take() == ["Task exception was never retrieved ValueError('nobody reads this')"]

@@ -4,6 +4,7 @@ snippet docs/webhooks.md gives, retries, refusals, tenants' own secrets, a Redis
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -23,8 +24,11 @@ from service.client import Client, build_request
 from service.client.connection import Connection
 from service.config import SettingsError, load_settings
 from service.errors import InvalidArgument
-from service.jobs.webhooks import check_url, forbidden, literal_ip, signature
+from service.jobs.records import CANCELLED, JobRecord
+from service.jobs.store import MemoryJobStore
+from service.jobs.webhooks import Webhooks, check_url, forbidden, literal_ip, signature
 from service.testing.servers import ROOT, wait_for
+from service.transport.grpc.jobs import ProtoJobCodec
 from tests.certs import CertificateAuthority, Pair
 from tests.helpers import TOKEN_A, TOKEN_B, get_job, png
 
@@ -312,11 +316,67 @@ def test_without_private_addresses_loopback_is_refused_literal_at_once_and_by_na
     ("https://0.0.0.0/", "unspecified"),
     ("https://224.0.0.1/", "multicast"),
     ("https://100.64.0.1/", "non-public"),
+    ("https://a..b/hook", "empty label"),
+    ("https://.example.com/", "empty label"),
+    ("https://" + "a" * 64 + ".example/", "label of 64 characters"),
+    ("https://" + "abcdefgh." * 29 + "com/", "at most 253"),
 ])
 def test_bad_webhook_urls_are_refused_naming_the_field(url, words):
     with pytest.raises(InvalidArgument) as info:
         check_url(url)
     assert info.value.field == "job.webhook_url" and words in info.value.description
+
+
+def test_valid_dns_names_pass_the_host_check():
+    for url in ("https://example.com./hook", "https://" + "a" * 63 + ".example/", "https://[2606:4700::1111]/",
+                "https://8.8.8.8/", "https://x/"):
+        check_url(url)
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"])
+def test_a_host_the_resolver_cannot_take_is_refused_at_submit(hook_server, receivers, guide16, host):
+    srv = hook_server()
+    with Client(srv.address) as client:
+        error = submit_refused(client, job_request(guide16, f"https://{host}/hook"))
+    assert "not a valid DNS name" in error.details()
+    assert srv.running.jobs.webhooks.in_flight == 0
+
+
+class Outcomes:
+    def __init__(self):
+        self.attempts, self.deliveries = [], []
+
+    def webhook_attempt(self, result):
+        self.attempts.append(result)
+
+    def webhook_delivery(self, outcome):
+        self.deliveries.append(outcome)
+
+
+@pytest.mark.parametrize("host", ["a..b", "a" * 64 + ".example"])
+def test_an_exception_in_a_delivery_ends_it_failed_counted_and_recorded(secret_file, host, caplog):
+    """A record whose URL the submit check would now refuse (kept in a store from before it):
+    the resolver raises UnicodeError at delivery. The delivery ends failed, counted, with the
+    error in the record; its task ends without an exception."""
+    async def deliver():
+        settings = load_settings(webhook_secret_file=str(secret_file), webhook_allow_private=True)
+        outcomes, store = Outcomes(), MemoryJobStore(max_events=10)
+        hooks = Webhooks(settings, lambda owner: SECRET, outcomes)
+        now = time.time()
+        record = JobRecord(id="j" * 32, state=CANCELLED, created=now, ended=now, expires=now + 60,
+                           webhook_url=f"https://{host}/hook", webhook_state="waiting")
+        await store.submit(record, b"", 60)
+        hooks.deliver(store, ProtoJobCodec(), record)
+        (task,) = hooks._deliveries
+        await asyncio.wait_for(asyncio.shield(task), 30)
+        await hooks.aclose()
+        return task, outcomes, await store.get(record.id)
+
+    task, outcomes, stored = asyncio.run(deliver())
+    assert task.exception() is None
+    assert outcomes.deliveries == ["error"]
+    assert stored.webhook_state == "failed" and "internal error: UnicodeError" in stored.webhook_error
+    assert any("not retried" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 def test_the_address_rules():

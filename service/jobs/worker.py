@@ -29,6 +29,12 @@ log = logging.getLogger("service.jobs.manager")  # one logger for the jobs' line
 BUSY_RETRY_SECONDS = 1.0  # a job refused by admission (every slot and queue place taken) waits this long
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    """A background task's unexpected error, logged (and so retrieved) when nobody awaits it."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("jobs: %s failed", task.get_name(), exc_info=exc)
+
+
 class JobWorkers:
     def __init__(self, settings: Settings, store: JobStore, service: EditService, codec: JobCodec, consumer: str,
                  observer: JobsObserver, ended: Callable[[JobRecord, str], None],
@@ -103,7 +109,8 @@ class JobWorkers:
         self.observer.job_waited(max(0.0, started.started - started.created))
         edit = asyncio.create_task(self._edit(claim.job_id, request, started.owner))
         self.running[claim.job_id] = edit
-        keeper = asyncio.create_task(self._keep_lease(claim, edit))
+        keeper = asyncio.create_task(self._keep_lease(claim, edit), name=f"job-lease-{claim.job_id[:8]}")
+        keeper.add_done_callback(_log_failure)  # cancelled in the end, never awaited: its error is logged here
         try:
             state, result, error = SUCCEEDED, None, b""
             try:

@@ -12,7 +12,7 @@ from service.metrics.common import LATENCY_BUCKETS
 
 JOB_STATES = ("succeeded", "failed", "cancelled")
 RUN_KINDS = ("first", "reclaimed")
-DELIVERY_OUTCOMES = ("delivered", "rejected", "exhausted", "refused", "unsigned", "expired", "abandoned")
+DELIVERY_OUTCOMES = ("delivered", "rejected", "exhausted", "refused", "unsigned", "expired", "abandoned", "error")
 
 
 class JobMetrics:

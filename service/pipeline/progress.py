@@ -138,6 +138,13 @@ class ProgressBacklog:
     def drain(self) -> list[ProgressUpdate]:
         items, self._items = list(self._items), collections.deque()
         return items
+def _retrieved(task: asyncio.Task) -> None:
+    """Marks the task's exception as retrieved (whoever awaits it still gets it): one its
+    consumer left behind is not logged "Task exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def with_progress(edit: Callable[[ProgressCallback], Awaitable[EditOutcome]], on_drop: Callable[[], None] | None = None
                         ) -> AsyncIterator[ProgressUpdate | EditOutcome]:
     """Runs edit(on_progress) and yields its progress updates (called from any thread), then
@@ -149,6 +156,7 @@ async def with_progress(edit: Callable[[ProgressCallback], Awaitable[EditOutcome
         loop.call_soon_threadsafe(updates.put, update)
 
     task = asyncio.create_task(edit(on_progress))
+    task.add_done_callback(_retrieved)  # a consumer that leaves after the edit failed never reads its error
     getter: asyncio.Task | None = None
     try:
         while True:

@@ -1,17 +1,18 @@
 // A client of sdedit.v1.ImageEditor in Node.js (@grpc/grpc-js), for tests/test_grpc_js.py:
 // TLS with the test CA, the token as `authorization: Bearer` call credentials. Prints one JSON
 // line: what ListModels, Edit and an Edit without a token answered.
-//   node edit_client.js ADDRESS CA_PEM TOKEN GUIDE_PNG PROTO_ROOT [INCLUDE_DIR ...]
-// (INCLUDE_DIRs: where imported protos such as google/rpc/status.proto live)
+//   node edit_client.js ADDRESS CA_PEM TOKEN GUIDE_PNG PROTO_ROOT
+// (PROTO_ROOT: the repository's proto/, the only include path: it holds the google/rpc protos
+// sdedit.proto imports; protobuf.js bundles the google/protobuf well-known types)
 "use strict";
 const fs = require("fs");
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const [address, caFile, token, guideFile, protoRoot, ...includeDirs] = process.argv.slice(2);
+const [address, caFile, token, guideFile, protoRoot] = process.argv.slice(2);
 const definition = protoLoader.loadSync(path.join(protoRoot, "sdedit/v1/sdedit.proto"),
-  { includeDirs: [protoRoot, ...includeDirs], keepCase: true, longs: Number, enums: String, defaults: true });
+  { includeDirs: [protoRoot], keepCase: true, longs: Number, enums: String, defaults: true });
 const sdedit = grpc.loadPackageDefinition(definition).sdedit.v1;
 const tls = grpc.credentials.createSsl(fs.readFileSync(caFile));
 const bearer = grpc.credentials.createFromMetadataGenerator((_, callback) => {

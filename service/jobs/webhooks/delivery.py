@@ -4,7 +4,8 @@
 and 429 rejected by the receiver, given up; 408, 429, 5xx, a network or TLS error, a timeout:
 retried after webhook_retry_seconds, doubled each time, with jitter (half to all of it), or
 after the Retry-After (delta seconds) of a 429 or 503 when that is longer, never more than
-MAX_DELAY_SECONDS, up to webhook_max_attempts tries. The outcome is logged (the URL's host
+MAX_DELAY_SECONDS, up to webhook_max_attempts tries. Any other exception ends the delivery
+failed (outcome `error`), never a task dying with its state pending. The outcome is logged (the URL's host
 only: its path may hold a receiver's token), counted (sdedit_webhook_deliveries_total,
 sdedit_webhook_attempts_total) and kept in the job record (Job.webhook).
 """
@@ -32,6 +33,7 @@ log = logging.getLogger(__package__)  # the name the logs gave before the module
 RETRYABLE_4XX = frozenset({408, 429})  # request timeout, too many requests: worth another try
 MAX_DELAY_SECONDS = 300.0  # the backoff never waits longer than this between two attempts
 DELIVERED, RETRY, REJECTED, EXHAUSTED = "delivered", "retry", "rejected", "exhausted"
+ERROR = "error"  # the delivery itself failed (an exception in this service): given up, the error recorded
 
 
 class WebhookObserver(Protocol):
@@ -109,6 +111,11 @@ class Delivery:
             log.warning("webhook of job %s to %s abandoned: this replica is stopping (after %d attempts; it is "
                         "not redelivered)", job_id[:8], where, self.attempts)
             raise
+        except Exception as exc:  # a fault of this service, not the receiver's: final, counted, recorded
+            self.answer = Answer(self.answer.status, f"internal error: {type(exc).__name__}: {exc}")
+            self.state, self.outcome = "failed", ERROR
+            log.exception("webhook of job %s to %s: failed after %d attempts: %s; not retried", job_id[:8], where,
+                          self.attempts, self.answer.error)
         finally:
             if self.outcome:
                 if self.observer is not None:

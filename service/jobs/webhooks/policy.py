@@ -1,6 +1,7 @@
 """Which webhook URLs and addresses are allowed, and the check made at SubmitEdit.
 
-A URL: https only (http with webhook_allow_http), a host, no userinfo, at most MAX_URL_LENGTH
+A URL: https only (http with webhook_allow_http), a host that is an address or a valid DNS
+name (labels of 1 to 63 characters, 253 in all), no userinfo, at most MAX_URL_LENGTH
 characters, a valid port, no fragment. An address: public only (loopback, link-local, private
 and reserved with webhook_allow_private; multicast and unspecified never), IPv4 inside IPv6
 judged as that IPv4. A literal address in the URL is judged at submit; a name, by every address
@@ -21,6 +22,7 @@ from service.tenancy.tenants import SecretError
 log = logging.getLogger(__package__)  # the name the logs gave before the module became a package
 FIELD = "job.webhook_url"
 MAX_URL_LENGTH = 2048
+MAX_HOST_LENGTH, MAX_LABEL_LENGTH = 253, 63  # a DNS name, and each of its labels (RFC 1035)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -60,6 +62,22 @@ def literal_ip(host: str) -> IPAddress | None:
         return None
 
 
+def bad_host_name(host: str) -> str | None:
+    """Why a host is not a name the resolver takes (None: it is, or it is a literal address): an
+    empty label ("a..b", ".a"), a label over 63 characters or a name over 253."""
+    if literal_ip(host) is not None or ":" in host:  # an address, IPv6 in brackets included
+        return None
+    name = host[:-1] if host.endswith(".") else host  # one final dot: a fully qualified name
+    if len(name) > MAX_HOST_LENGTH:
+        return f"at most {MAX_HOST_LENGTH} characters, got {len(name)}"
+    for label in name.split("."):
+        if not label:
+            return "an empty label (two dots in a row, or a leading dot)"
+        if len(label) > MAX_LABEL_LENGTH:
+            return f"a label of {len(label)} characters (at most {MAX_LABEL_LENGTH})"
+    return None
+
+
 def check_url(url: str, allow_http: bool = False, allow_private: bool = False) -> urllib.parse.SplitResult:
     """The parsed URL; raises InvalidArgument naming job.webhook_url."""
     if len(url) > MAX_URL_LENGTH:
@@ -83,6 +101,8 @@ def check_url(url: str, allow_http: bool = False, allow_private: bool = False) -
         raise InvalidArgument(FIELD, "needs a host (https://host[:port]/path)")
     if port == 0:
         raise InvalidArgument(FIELD, "the port must be in [1, 65535]")
+    if (reason := bad_host_name(parts.hostname)) is not None:
+        raise InvalidArgument(FIELD, f"the host {parts.hostname!r} is not a valid DNS name: {reason}")
     if parts.fragment or url.endswith("#"):
         raise InvalidArgument(FIELD, "no #fragment (it is never sent)")
     ip = literal_ip(parts.hostname)
