@@ -38,6 +38,7 @@ from service.jobs.webhooks import Webhooks, secret_source
 from service.metrics import Metrics
 from service.pipeline.calls import SUBMIT_EDIT, CallPipeline
 from service.pipeline.editing import EditService
+from service.pipeline.streams import StreamSlots
 from service.tenancy.auth import Gate
 from service.tenancy.quotas import MemoryQuotaStore, Quotas, RedisQuotaStore
 from service.tenancy.tenants import TokensFile, TokensFileError
@@ -170,7 +171,8 @@ async def start_server(settings: Settings) -> RunningServer:
                       tenant_of=gate.tokens.tenant if gate.tokens is not None else None, observer=metrics)
     calls = CallPipeline(gate, service.plan, prechecks={
         # a SubmitEdit whose webhook URL will be refused is refused before its work is charged
-        SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)})
+        SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)},
+        streams=StreamSlots(settings.max_event_streams, settings.max_event_streams_per_tenant))
     server = grpc.aio.server(interceptors=[StatusInterceptor(metrics, calls)], options=server_options(settings))
     servicer = ImageEditorServicer(service, jobs)
     health_servicer = health.aio.HealthServicer()

@@ -113,7 +113,8 @@ def check_cache(s: Settings) -> Problems:
 
 
 def check_jobs(s: Settings) -> Problems:
-    yield from _at_least_one(s, "job_workers", "job_max_attempts", "job_max_events")
+    yield from _at_least_one(s, "job_workers", "job_max_attempts", "job_max_events", "max_event_streams",
+                             "max_event_streams_per_tenant")
     yield from _positive(s, "job_ttl_seconds", "job_lease_seconds", "job_poll_seconds")
     if s.jobs == "redis" and s.job_redis_url:
         yield from _redis_url("job_redis_url", s.job_redis_url)

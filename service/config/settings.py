@@ -150,6 +150,11 @@ class Settings:
     job_poll_seconds: float = JOBS.setting(0.5, "how often idle workers look for jobs, and watchers and running jobs for "
                                            "changes made elsewhere (a cancel)")
     job_max_events: int = JOBS.setting(256, "events kept per job for WatchJob (older progress is dropped; the end never)")
+    max_event_streams: int = JOBS.setting(256, "job event streams (WatchJob, GET /v1/jobs/{id}/events) open at once in this "
+                                          "replica; one more is RESOURCE_EXHAUSTED / HTTP 429 with Retry-After")
+    max_event_streams_per_tenant: int = JOBS.setting(32, "job event streams one tenant may have open at once in this replica "
+                                                     "(without --auth-tokens-file every caller is one tenant); one more is "
+                                                     "RESOURCE_EXHAUSTED / HTTP 429")
 
     webhook_secret_file: str = WEBHOOKS.setting("", "a file holding the secret that signs webhooks of jobs submitted without "
                                                 "--auth-tokens-file (tenants name theirs in the tokens file); empty: no webhooks")

@@ -22,12 +22,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from dataclasses import dataclass
 
 from service.pipeline.plan import RequestPlan
+from service.pipeline.streams import StreamSlots
 from service.requests import EditRequestData
 from service.tenancy.auth import Gate
 from service.tenancy.tenants import Tenant, reset_current_tenant, set_current_tenant
 
 SERVICE = "/sdedit.v1.ImageEditor/"
 EDIT, STREAM_EDIT, SUBMIT_EDIT = SERVICE + "Edit", SERVICE + "StreamEdit", SERVICE + "SubmitEdit"
+WATCH_JOB = SERVICE + "WatchJob"  # an event stream: holds one of its tenant's stream slots while open
 PLANNED = frozenset({EDIT, STREAM_EDIT, SUBMIT_EDIT})  # planned, and charged to the tenant's quotas
 
 
@@ -67,14 +69,15 @@ Precheck = Callable[[Call], None]
 
 class CallPipeline:
     def __init__(self, gate: Gate, plan: Callable[[EditRequestData], RequestPlan],
-                 prechecks: Mapping[str, Precheck] | None = None):
+                 prechecks: Mapping[str, Precheck] | None = None, streams: StreamSlots | None = None):
         """plan(request) -> its RequestPlan (raises the request's InvalidArgument, or Unavailable
         while draining): the edit service's planner. prechecks: per method, the checks that need
         a handler's state (a job's webhook URL), made before a quota is charged for a request
-        that would be refused."""
+        that would be refused. streams: the caps on open WatchJob streams (None: no cap)."""
         self.gate = gate
         self.plan = plan
         self.prechecks = dict(prechecks or {})
+        self.streams = streams
 
     def authenticate(self, method: str, credentials: Iterable[tuple[str, str | bytes]] | None) -> Tenant:
         """The caller's tenant; raises Unauthenticated or PermissionDenied (also for calls that
@@ -97,8 +100,15 @@ class CallPipeline:
             lease = await self.gate.lease(tenant, call.plan.work)
         token = set_current_tenant(tenant)
         try:
-            yield call
+            with self._stream_slot(method, tenant):
+                yield call
         finally:
             if lease is not None:
                 lease.release()
             reset_current_tenant(token)
+
+    def _stream_slot(self, method: str, tenant: Tenant) -> contextlib.AbstractContextManager:
+        """A WatchJob holds a stream slot until it ends, however it ends; raises TooManyStreams."""
+        if method != WATCH_JOB or self.streams is None:
+            return contextlib.nullcontext()
+        return self.streams.hold(tenant.name)
