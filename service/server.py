@@ -266,9 +266,10 @@ def warn_if_open(settings: Settings) -> None:
     missing = [what for what, on in (("TLS (--tls-cert-file)", settings.tls_cert_file),
                                      ("authentication (--auth-tokens-file)", settings.auth_tokens_file)) if not on]
     if missing:
-        log.warning("SECURITY: listening on %s:%s without %s: %s", settings.host, settings.port,
+        ports = f"{settings.port} (gRPC)" + (f" and {settings.http_port} (HTTP)" if settings.http_port >= 0 else "")
+        log.warning("SECURITY: listening on %s port %s without %s: %s", settings.host, ports,
                     " and without ".join(missing),
-                    "anyone who reaches this port can use it" if not settings.auth_tokens_file
+                    "anyone who reaches these ports can use them" if not settings.auth_tokens_file
                     else "tokens and images cross the network in the clear")
 
 

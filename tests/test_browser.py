@@ -112,7 +112,7 @@ def choose(page, group: str, label: str) -> None:
 
 
 def wait_finished(page, timeout_ms: int = 60_000) -> str:
-    page.wait_for_function("['succeeded', 'failed', 'cancelled'].includes(document.body.dataset.state)", timeout=timeout_ms)
+    page.wait_for_function("() => ['succeeded', 'failed', 'cancelled'].includes(document.body.dataset.state)", timeout=timeout_ms)
     return page.evaluate("document.body.dataset.state")
 
 
@@ -130,15 +130,16 @@ def check_events_in_order(events: list[dict], steps: int) -> None:
 
 def test_paint_a_stroke_and_a_mask_submit_and_get_the_guide_back_outside_the_mask(page, tmp_path, start_editor):
     url = start_editor()
-    page.goto(url)
-    page.wait_for_function("document.body.dataset.state === 'idle'")
+    policy = page.goto(url).headers["content-security-policy"]  # the page works under its CSP: no violation is logged
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    page.wait_for_function("() => document.body.dataset.state === 'idle'")
     assert page.locator("#model").input_value() == "digits"
     assert "32×32" in page.inner_text("#canvas-note") and "greyscale" in page.inner_text("#canvas-note")
 
     # digits takes other sizes in multiples of 4: the canvas follows the guide
     (tmp_path / "wide.png").write_bytes(image_bytes(np.zeros((32, 48), np.uint8)))
     page.set_input_files("#guide-file", str(tmp_path / "wide.png"))
-    page.wait_for_function("document.getElementById('canvas').width === 48")
+    page.wait_for_function("() => document.getElementById('canvas').width === 48")
     assert page.evaluate("document.getElementById('canvas').height") == 32 and "48×32" in page.inner_text("#canvas-note")
     # a guide of a size the model does not take is refused with the reason
     (tmp_path / "odd.png").write_bytes(image_bytes(np.zeros((30, 30), np.uint8)))
@@ -148,7 +149,7 @@ def test_paint_a_stroke_and_a_mask_submit_and_get_the_guide_back_outside_the_mas
     uploaded = a_colour_guide()
     (tmp_path / "guide.png").write_bytes(image_bytes(uploaded))
     page.set_input_files("#guide-file", str(tmp_path / "guide.png"))
-    page.wait_for_function("document.getElementById('status').textContent.includes('guide.png loaded')")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('guide.png loaded')")
     assert page.locator("#error").is_hidden()
 
     set_value(page, "#colour", "#fff0dc")
@@ -211,14 +212,14 @@ def test_the_page_works_with_a_bearer_token(page, tmp_path, start_editor):
     assert "UNAUTHENTICATED" in page.inner_text("#error") and "token" in page.inner_text("#error")
     page.fill("#token", "tok-wrong-" + "1" * 32)
     page.press("#token", "Enter")
-    page.wait_for_function("document.getElementById('error').textContent.includes('UNAUTHENTICATED')")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('UNAUTHENTICATED')")
     page.fill("#token", TOKEN)
     page.press("#token", "Enter")
-    page.wait_for_function("document.getElementById('model').options.length > 0 && document.getElementById('error').hidden")
+    page.wait_for_function("() => document.getElementById('model').options.length > 0 && document.getElementById('error').hidden")
     assert page.evaluate("sessionStorage.getItem('sdedit.token')") == TOKEN
 
     page.reload()  # the token is kept for the tab's session
-    page.wait_for_function("document.body.dataset.state === 'idle' && document.getElementById('model').options.length > 0")
+    page.wait_for_function("() => document.body.dataset.state === 'idle' && document.getElementById('model').options.length > 0")
     assert page.locator("#token").input_value() == TOKEN
     drag(page, [(2, 2), (30, 30)])
     assert page.evaluate(CANVAS_MAX) == 255
@@ -240,7 +241,7 @@ def test_the_page_works_with_a_bearer_token(page, tmp_path, start_editor):
     set_value(page, "#t0", "1")
     page.fill("#steps", "500")
     page.click("#submit")
-    page.wait_for_function("document.body.dataset.state === 'running' && window.__sdeditEvents.length > 0")
+    page.wait_for_function("() => document.body.dataset.state === 'running' && window.__sdeditEvents.length > 0")
     page.click("#cancel")
     assert wait_finished(page) == "cancelled"
     assert page.inner_text("#status") == "Cancelled." and page.locator("#error").is_hidden()

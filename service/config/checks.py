@@ -7,6 +7,7 @@ mistakes names them all at once.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     from service.config.settings import Settings
 
 Problems = Iterator[str]
+ORIGIN = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?/?")
 
 
 # the repeated patterns
@@ -78,6 +80,9 @@ def check_security(s: Settings) -> Problems:
     if s.tls_client_ca_file and not s.tls_cert_file:
         yield "tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file"
     yield from _positive(s, "quota_lease_seconds")
+    for origin in filter(None, (part.strip() for part in s.http_allowed_origins.split(","))):
+        if not ORIGIN.fullmatch(origin):
+            yield f"http_allowed_origins: {origin!r} is not an origin (scheme://host[:port], http or https)"
 
 
 def check_triton(s: Settings) -> Problems:

@@ -82,6 +82,8 @@ class Settings:
                                              "`authorization: Bearer <token>`; reloaded when the file changes. Empty: no auth")
     open_discovery: bool = SECURITY.setting(False, "with auth_tokens_file: reflection and ListModels answer without a token")
     reflection: bool = SECURITY.setting(True, "serve gRPC server reflection")
+    http_allowed_origins: str = SECURITY.setting("", "HTTP door: other web origins (comma-separated scheme://host[:port]) "
+                                                 "whose pages may POST or DELETE; any other foreign Origin is refused 403")
     quota_fail_open: bool = SECURITY.setting(True, "when the quota store (Redis) is down: admit (true) or refuse with "
                                              "UNAVAILABLE (false); either way counted in sdedit_quota_store_errors_total")
     quota_lease_seconds: float = SECURITY.setting(900.0, "an edit counts against its tenant's max_in_flight in Redis at most "

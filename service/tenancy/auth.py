@@ -2,7 +2,8 @@
 applies before any handler runs. Handlers never see a token; they get the Tenant as plain data.
 
 - grpc.health.v1 is always open (probes carry no token).
-- With --open-discovery, reflection and ListModels are open too.
+- With --open-discovery, reflection and ListModels are open too; with a valid token, ListModels
+  still lists only the models of the token's tenant.
 - Anything else needs `authorization: Bearer <token>`: none, or a token no tenant holds ->
   UNAUTHENTICATED; a tenant calling a method or naming a model beyond its rights ->
   PERMISSION_DENIED; over its quota (service/tenancy/quotas.py) -> RESOURCE_EXHAUSTED with RetryInfo.
@@ -68,7 +69,7 @@ class Gate:
         """The caller's tenant (ANONYMOUS for open methods); raises Unauthenticated or
         PermissionDenied."""
         if self.is_open(method):
-            return ANONYMOUS
+            return self._discovering(method, metadata)
         assert self.tokens is not None
         token = bearer_token(metadata)
         if token is None:
@@ -82,6 +83,16 @@ class Gate:
             raise self._reject(tenant.name, "permission_denied",
                                PermissionDenied(f"tenant {tenant.name!r} may not call {short}"))
         return tenant
+
+    def _discovering(self, method: str, metadata) -> Tenant:
+        """An open call's tenant: for discovery (--open-discovery) the tenant of a valid token,
+        so that ListModels shows a tenant its own models; else (no token, or not one a tenant
+        holds) ANONYMOUS, which sees everything."""
+        if self.tokens is None or method not in DISCOVERY_METHODS:
+            return ANONYMOUS
+        token = bearer_token(metadata)
+        tenant = self.tokens.authenticate(token) if token is not None else None
+        return tenant if tenant is not None else ANONYMOUS
 
     def check_model(self, tenant: Tenant, model: str) -> None:
         """An edit's rights on its model (counted as the tenant's request); raises PermissionDenied."""

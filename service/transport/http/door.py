@@ -26,7 +26,7 @@ from service.pipeline.calls import Call, CallPipeline, Parsed
 from service.transport.grpc.convert import parse_call
 from service.transport.grpc.servicer import ImageEditorServicer
 from service.transport.grpc.status import status_for
-from service.transport.http import bodies, pages
+from service.transport.http import bodies, origins, pages
 from service.transport.http.errors import HttpError, error_body, http_error, json_dumps, transport_error
 from service.transport.http.events import stream_events
 from service.transport.http.routes import ROUTES, Route
@@ -84,11 +84,13 @@ class HttpDoor:
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
         self._openapi = pages.OpenApiDocument()
+        self.origins = origins.OriginPolicy(settings.host, settings.http_allowed_origins)
 
     # --- the application ---------------------------------------------------------------------
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_request_bytes, middlewares=[self._middleware])
+        app.on_response_prepare.append(origins.add_headers)
         for route in ROUTES:
             app.router.add_route(route.method, route.router_path or route.path, self._handler(route), name=route.handler)
         return app
@@ -123,13 +125,17 @@ class HttpDoor:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        """Every answer: errors as JSON, and counted (route template, code) with its latency."""
+        """Every answer: the Origin and Host policy (origins.py) first, errors as JSON, and counted
+        (route template, code) with its latency."""
         started = time.perf_counter()
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         code = 499  # the client went away (the handler was cancelled)
         try:
             try:
+                refused = self.origins.check(request)
+                if refused is not None:
+                    raise refused
                 response = await handler(request)
             except HttpError as exc:
                 response = error_response(exc)

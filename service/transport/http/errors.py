@@ -79,8 +79,12 @@ def retry_after(status: status_pb2.Status) -> str | None:
 
 
 def http_error(status: status_pb2.Status) -> HttpError:
+    """Its HTTP error; 401 says how to authenticate (RFC 6750), 429 and 503 when to retry."""
     after = retry_after(status)
-    return HttpError(http_code(status), status, {"Retry-After": after} if after else None)
+    headers = {"Retry-After": after} if after else {}
+    if status.code == code_pb2.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="sdedit"'
+    return HttpError(http_code(status), status, headers)
 
 
 def transport_error(http: int, grpc_code: int, reason: str, message: str, field: str = "") -> HttpError:
