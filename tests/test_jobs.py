@@ -122,6 +122,20 @@ def test_cancel_stops_a_running_job_and_its_watchers_get_cancelled(make_server):
     assert ended("sdedit_jobs_ended_total", {"state": "succeeded"}) == 0  # shown from the start, at 0
 
 
+def test_an_ended_job_s_request_goes_at_once_and_its_record_after_the_ttl_without_a_submit(make_server, guide16):
+    """In memory: the stored request goes when the job ends; the record, result and events go
+    once the TTL has passed, purged by the store's own timer (no later submit needed)."""
+    srv = make_server(job_poll_seconds=0.1, job_ttl_seconds=1.0)
+    store = srv.running.jobs.store
+    with Client(srv.address) as client:
+        job = client.stub.SubmitEdit(build_request(png(guide16), t0=0.5, steps=2, seed=3))
+        assert store._requests.keys() == {job.id}
+        wait_state(client, job.id, {pb.JOB_STATE_SUCCEEDED})
+        assert job.id not in store._requests and job.id in store._results
+        wait_for(lambda: not store._records and not store._results and not store._events, 20, 0.05,
+                 "the ended job purged without a new submit")
+
+
 def test_higher_priority_jobs_run_first(make_server, guide16):
     srv = make_server(job_workers=1, job_poll_seconds=0.1)
     with Client(srv.address) as client:
