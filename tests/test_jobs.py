@@ -122,6 +122,20 @@ def test_cancel_stops_a_running_job_and_its_watchers_get_cancelled(make_server):
     assert ended("sdedit_jobs_ended_total", {"state": "succeeded"}) == 0  # shown from the start, at 0
 
 
+def test_an_ended_job_s_request_goes_at_once_and_its_record_after_the_ttl_without_a_submit(make_server, guide16):
+    """In memory: the stored request goes when the job ends; the record, result and events go
+    once the TTL has passed, purged by the store's own timer (no later submit needed)."""
+    srv = make_server(job_poll_seconds=0.1, job_ttl_seconds=1.0)
+    store = srv.running.jobs.store
+    with Client(srv.address) as client:
+        job = client.stub.SubmitEdit(build_request(png(guide16), t0=0.5, steps=2, seed=3))
+        assert store._requests.keys() == {job.id}
+        wait_state(client, job.id, {pb.JOB_STATE_SUCCEEDED})
+        assert job.id not in store._requests and job.id in store._results
+        wait_for(lambda: not store._records and not store._results and not store._events, 20, 0.05,
+                 "the ended job purged without a new submit")
+
+
 def test_higher_priority_jobs_run_first(make_server, guide16):
     srv = make_server(job_workers=1, job_poll_seconds=0.1)
     with Client(srv.address) as client:
@@ -253,3 +267,33 @@ def test_consumers_of_gone_replicas_are_forgotten_but_not_those_with_entries(red
 
     dropped, left = asyncio.run(scenario())
     assert dropped == 1 and left == {"dead-holding", "me"}
+
+
+def test_the_owner_index_on_redis_drops_expired_jobs_on_submit(redis_server):
+    """Records expire with their TTL; their entries in the owner's index go at the next submit,
+    not only when ListJobs reads them: 40 expired and 7 live jobs leave 7 entries."""
+    import asyncio
+    import time
+
+    from service.jobs.records import JobRecord
+    from service.jobs.redis import RedisJobStore
+
+    async def scenario() -> tuple[int, int, list[str]]:
+        store = RedisJobStore(redis_server.url, 2.0, 4, prefix="trim")
+        await store.open()
+        for n in range(40):
+            await store.submit(JobRecord(f"old{n}", owner="t", created=time.time()), b"x", 1.0)
+        await store.submit(JobRecord("new0", owner="t", created=time.time()), b"x", 60.0)  # the index lives on
+        while await store._redis.exists(*[store._job(f"old{n}") for n in range(40)]):
+            await asyncio.sleep(0.02)  # waiting on the condition: every old record has expired
+        before = await store._redis.zcard(store._owner("t"))
+        for n in range(1, 7):
+            await store.submit(JobRecord(f"new{n}", owner="t", created=time.time()), b"x", 60.0)
+        after = await store._redis.zcard(store._owner("t"))
+        listed, _ = await store.list("t", 0, 100)
+        await store.close()
+        return before, after, [r.id for r in listed]
+
+    before, after, listed = asyncio.run(scenario())
+    assert before == 41  # nothing read the index meanwhile
+    assert after == 7 and listed == [f"new{n}" for n in reversed(range(7))]

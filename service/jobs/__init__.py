@@ -19,4 +19,4 @@ def build_job_store(settings: Settings) -> JobStore:
                              settings.redis_max_connections, password=settings.redis_password,
                              prefix=settings.job_key_prefix, max_events=settings.job_max_events,
                              ttl_seconds=settings.job_ttl_seconds)
-    return MemoryJobStore(settings.job_max_events)
+    return MemoryJobStore(settings.job_max_events, purge_seconds=min(60.0, max(0.05, settings.job_ttl_seconds / 2)))

@@ -7,7 +7,8 @@ not; point --job-redis-url at a noeviction instance or database to keep them apa
     <p>:job:<id>:request   the encoded request            dropped when the job ends
     <p>:job:<id>:result    the encoded result             TTL, from the end
     <p>:job:<id>:events    stream of events, id <sequence>-1, capped at job_max_events
-    <p>:owner:<owner>      sorted set of the owner's job ids by creation time
+    <p>:owner:<owner>      sorted set of the owner's job ids by creation time; each submit
+                           drops its oldest entries whose records have expired
     <p>:queue:<lane>       stream of {id: <job id>}, lanes high, normal, low; group "workers"
 
 A replica takes an entry with XREADGROUP (it is then pending, owned by that replica's
@@ -41,6 +42,27 @@ from service.sde import Progress
 T = TypeVar("T")
 GROUP = "workers"
 MIN_COMMAND_SECONDS = 5.0  # jobs do not fail open: a slow answer is better than a lost write
+
+# A new job: its record, its request, its place in the owner's index and in the queue, in one
+# step. The index is trimmed here too: of its oldest TRIM_PER_SUBMIT entries, those whose record
+# has expired are dropped (records expire about in creation order, so the oldest are the ones to
+# check), so an owner's index holds about its live jobs, not every job it ever submitted.
+# ARGV: ttl ms, request, id, created, how many to check, the record key prefix, then the fields.
+SUBMIT = """
+redis.call('hset', KEYS[1], unpack(ARGV, 7))
+redis.call('pexpire', KEYS[1], ARGV[1])
+redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[1])
+local gone = {}
+for _, id in ipairs(redis.call('zrange', KEYS[3], 0, tonumber(ARGV[5]) - 1)) do
+  if redis.call('exists', ARGV[6] .. id) == 0 then gone[#gone + 1] = id end
+end
+if #gone > 0 then redis.call('zrem', KEYS[3], unpack(gone)) end
+redis.call('zadd', KEYS[3], ARGV[4], ARGV[3])
+redis.call('pexpire', KEYS[3], ARGV[1])
+redis.call('xadd', KEYS[4], '*', 'id', ARGV[3])
+return #gone
+"""
+TRIM_PER_SUBMIT = 64
 
 START = """
 local state = redis.call('hget', KEYS[1], 'state')
@@ -138,6 +160,7 @@ class RedisJobStore:
             url, password=password or None, max_connections=max_connections, timeout=timeout,
             socket_timeout=timeout, socket_connect_timeout=timeout, retry=Retry(NoBackoff(), 0))
         self._redis = aioredis.Redis(connection_pool=pool)
+        self._submit = self._redis.register_script(SUBMIT)
         self._start = self._redis.register_script(START)
         self._event = self._redis.register_script(EVENT)
         self._requeue = self._redis.register_script(REQUEUE)
@@ -172,15 +195,11 @@ class RedisJobStore:
                     raise
 
     async def submit(self, record: JobRecord, request: bytes, ttl_seconds: float) -> None:
-        ttl = _millis(ttl_seconds)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._job(record.id), mapping=record.to_fields())
-        pipe.pexpire(self._job(record.id), ttl)
-        pipe.set(self._job(record.id, "request"), request, px=ttl)
-        pipe.zadd(self._owner(record.owner), {record.id: record.created})
-        pipe.pexpire(self._owner(record.owner), ttl)
-        pipe.xadd(self._queue(lane_of(record.priority)), {"id": record.id})
-        await self._call(pipe.execute())
+        fields = [part for pair in record.to_fields().items() for part in pair]
+        keys = [self._job(record.id), self._job(record.id, "request"), self._owner(record.owner),
+                self._queue(lane_of(record.priority))]
+        args = [_millis(ttl_seconds), request, record.id, repr(record.created), TRIM_PER_SUBMIT, self._job(""), *fields]
+        await self._call(self._submit(keys=keys, args=args))
 
     async def get(self, job_id: str, with_result: bool = False) -> JobRecord | None:
         raw = await self._call(self._redis.hgetall(self._job(job_id)))

@@ -80,12 +80,15 @@ class JobStore(Protocol):
 
 
 class MemoryJobStore:
-    """Jobs in this process. Records go TTL seconds after their end (checked on each submit)."""
+    """Jobs in this process. A job's request goes when it ends; its record, result and events
+    TTL seconds after that, purged by a task every purge_seconds (from open to close) and on
+    each submit."""
 
     kind = "memory"
 
-    def __init__(self, max_events: int):
-        self.max_events = max_events
+    def __init__(self, max_events: int, purge_seconds: float = 60.0):
+        self.max_events, self.purge_seconds = max_events, purge_seconds
+        self._purger: asyncio.Task | None = None
         self._records: dict[str, JobRecord] = {}
         self._requests: dict[str, bytes] = {}
         self._results: dict[str, bytes] = {}
@@ -95,7 +98,13 @@ class MemoryJobStore:
         self._order = itertools.count()
 
     async def open(self) -> None:
-        pass
+        if self._purger is None:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_every(), name="memory job store purge")
+
+    async def _purge_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.purge_seconds)
+            self._purge(time.time())
 
     def _purge(self, now: float) -> None:
         for job_id in [i for i, r in self._records.items() if r.done and r.expires <= now]:
@@ -174,6 +183,7 @@ class MemoryJobStore:
         record.state, record.ended, record.expires, record.error = state, now, now + ttl_seconds, error
         if result is not None:
             self._results[job_id] = result
+        self._requests.pop(job_id, None)  # only a run reads it: an ended job runs no more
         self._append(record, JobEvent(record.sequence, terminal=True))
         return True
 
@@ -208,4 +218,7 @@ class MemoryJobStore:
         pass
 
     async def close(self) -> None:
-        pass
+        if self._purger is not None:
+            self._purger.cancel()
+            await asyncio.gather(self._purger, return_exceptions=True)
+            self._purger = None
