@@ -136,6 +136,20 @@ def test_an_ended_job_s_request_goes_at_once_and_its_record_after_the_ttl_withou
                  "the ended job purged without a new submit")
 
 
+def test_a_job_with_bytes_after_its_image_s_end_is_refused_and_nothing_is_kept(make_server, guide16):
+    """Validation reads each PNG to its end (IEND): padding after it, which a
+    job would otherwise keep for a day, is INVALID_ARGUMENT naming the field."""
+    srv = make_server(job_poll_seconds=0.1)
+    with Client(srv.address) as client:
+        for fields, field in ((dict(image=png(guide16) + b"\x00" * (1 << 20)), "image"),
+                              (dict(image=png(guide16), mask=png(np.full((16, 16), 255, np.uint8)) + b"x"), "mask")):
+            with pytest.raises(grpc.RpcError) as raised:
+                client.stub.SubmitEdit(pb.EditRequest(t0=0.5, steps=2, **fields))
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details().startswith(f"{field}: has ") and "after the end of the PNG" in raised.value.details()
+    assert not srv.running.jobs.store._records
+
+
 def test_higher_priority_jobs_run_first(make_server, guide16):
     srv = make_server(job_workers=1, job_poll_seconds=0.1)
     with Client(srv.address) as client:

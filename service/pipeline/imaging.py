@@ -34,6 +34,29 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+def _png_end(data: bytes) -> int | None:
+    """Where the PNG ends: after its IEND chunk (chunks are length, type, data, CRC); None when
+    it has no IEND (truncated: decoding says so)."""
+    pos = len(PNG_MAGIC)
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        pos += 12 + length
+        if kind == b"IEND":
+            return pos
+    return None
+
+
+def _refuse_trailing(data: bytes, field: str, kind: str) -> None:
+    """Bytes after a PNG's IEND are no part of it: refused, never kept (in a job, a cache). A
+    JPEG may rightly carry data after its EOI (a camera's Multi-Picture Format images): kept."""
+    if kind != "PNG":
+        return
+    end = _png_end(data)
+    if end is not None and end < len(data):
+        raise InvalidArgument(field, f"has {len(data) - end} bytes after the end of the PNG (its IEND chunk); "
+                                     "send the image alone")
+
+
 def _describe(exc: BaseException) -> str:
     """An exception's text without object reprs (`<_io.BytesIO object at 0x...>`), shortened."""
     return echo(OBJECT_REPR.sub("the data", str(exc)) or type(exc).__name__, 200, quote=False)
@@ -45,6 +68,7 @@ def _open(data: bytes, field: str, allowed: tuple[str, ...], max_pixels: int, de
     kind = sniff_format(data)
     if kind not in allowed:
         raise InvalidArgument(field, f"unsupported format; send {' or '.join(allowed)} bytes")
+    _refuse_trailing(data, field, kind)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
