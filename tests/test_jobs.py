@@ -290,3 +290,20 @@ def test_a_tenant_s_running_jobs_hold_its_max_in_flight_and_its_waiting_jobs_sta
         runs = sorted((job.start_time.ToNanoseconds(), job.end_time.ToNanoseconds()) for job in ended)
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(runs))  # never 2 at once
         a.edit(build_request(png(guide16), t0=0.3, steps=2, seed=1), timeout=30)  # every place released
+
+
+def test_submit_is_charged_work_only_so_a_tenant_at_its_limit_queues_a_job_that_runs_when_a_place_frees(
+        make_server, tmp_path, guide16):
+    tokens = write_tokens(tmp_path / "tokens.json", [
+        {"name": "a", "token": TOKEN_A, "max_in_flight": 1, "work_per_minute": 400}])
+    srv = make_server(wrap_model=counting(0.01), auth_tokens_file=str(tokens), job_poll_seconds=0.1, cache="none")
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:
+        direct = a.stub.Edit.future(long_request(seed=1, steps=300, repeats=1), timeout=60)  # 300 of 400 work
+        wait_for(lambda: srv.running.metrics.registry.get_sample_value("sdedit_edits_in_flight") == 1, 30, 0.02,
+                 "the direct edit running")
+        job = a.stub.SubmitEdit(long_request(seed=2, steps=60, repeats=1), timeout=10)  # charged 60: 40 left
+        assert job.state == pb.JOB_STATE_QUEUED
+        assert not direct.done() and get_job(a, job.id).state == pb.JOB_STATE_QUEUED  # waits for the place
+        direct.result(60)
+        done = wait_state(a, job.id, {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED})
+        assert done.state == pb.JOB_STATE_SUCCEEDED and done.attempts == 1  # its run is not charged again
