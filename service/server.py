@@ -168,7 +168,8 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.aclose()
         raise
     jobs = JobManager(settings, build_job_store(settings), service, ProtoJobCodec(), webhooks,
-                      tenant_of=gate.tokens.tenant if gate.tokens is not None else None, observer=metrics)
+                      tenant_of=gate.tokens.tenant if gate.tokens is not None else None, observer=metrics,
+                      hold=gate.hold)
     calls = CallPipeline(gate, service.plan, prechecks={
         # a SubmitEdit whose webhook URL will be refused is refused before its work is charged
         SUBMIT_EDIT: lambda call: jobs.check_webhook(call.job.webhook_url, call.tenant.name)},

@@ -13,8 +13,10 @@ from google.rpc import code_pb2
 
 from sdedit.v1 import sdedit_pb2 as pb
 from service.client import Client, build_request
+from service.client.connection import Connection
 from service.testing.servers import wait_for
-from tests.helpers import get_job, png
+from tests.helpers import TOKEN_A, TOKEN_B, get_job, png, write_tokens
+from tests.models_for_tests import counting
 
 JOB_FLAGS = ("--job-poll-seconds", "0.1")
 
@@ -311,3 +313,55 @@ def test_the_owner_index_on_redis_drops_expired_jobs_on_submit(redis_server):
     before, after, listed = asyncio.run(scenario())
     assert before == 41  # nothing read the index meanwhile
     assert after == 7 and listed == [f"new{n}" for n in reversed(range(7))]
+
+
+# --- a tenant's max_in_flight bounds its running jobs -------------------------------------
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_tenant_s_running_jobs_hold_its_max_in_flight_and_its_waiting_jobs_stay_queued(
+        make_server, tmp_path, guide16, request, store):
+    tokens = write_tokens(tmp_path / "tokens.json", [{"name": "a", "token": TOKEN_A, "max_in_flight": 1},
+                                                     {"name": "b", "token": TOKEN_B}])
+    where = {"cache": "none"} if store == "memory" else {
+        "cache": "redis", "redis_url": request.getfixturevalue("redis_server").url}
+    srv = make_server(wrap_model=counting(0.01), auth_tokens_file=str(tokens), job_poll_seconds=0.1, job_workers=3,
+                      quota_lease_seconds=0.5, **where)  # a run outlives its quota lease: it renews it
+    with Client(Connection(srv.address, token=TOKEN_A)) as a, Client(Connection(srv.address, token=TOKEN_B)) as b:
+        assert a.stub.ListModels(pb.ListModelsRequest()).jobs == store
+        ids = [a.stub.SubmitEdit(long_request(seed=i, steps=150, repeats=1), timeout=10).id for i in range(3)]
+        wait_for(lambda: any(get_job(a, job_id).state == pb.JOB_STATE_RUNNING for job_id in ids), 30, 0.02,
+                 "one of tenant a's jobs running")
+        jobs = [get_job(a, job_id) for job_id in ids]
+        running = [job for job in jobs if job.state == pb.JOB_STATE_RUNNING]
+        assert len(running) == 1 and all(job.state == pb.JOB_STATE_QUEUED for job in jobs if job not in running)
+        wait_for(lambda: get_job(a, running[0].id).progress.step >= 80, 30, 0.02, "the job past its first quota lease")
+        with pytest.raises(grpc.RpcError) as over:  # its running job holds its one place
+            a.edit(build_request(png(guide16), t0=0.3, steps=2, seed=1), timeout=30)
+        assert over.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_in_flight" in over.value.details()
+        other = b.stub.SubmitEdit(build_request(png(guide16), t0=0.3, steps=2, seed=2), timeout=10).id
+        wait_state(b, other, {pb.JOB_STATE_SUCCEEDED}, 30)
+        assert sum(get_job(a, job_id).state == pb.JOB_STATE_SUCCEEDED for job_id in ids) < 3  # not held back by a
+        ended = [wait_state(a, job_id, {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED}) for job_id in ids]
+        assert [job.state for job in ended] == [pb.JOB_STATE_SUCCEEDED] * 3
+        assert [job.attempts for job in ended] == [1, 1, 1]  # a waiting job is not started, nor failed
+        runs = sorted((job.start_time.ToNanoseconds(), job.end_time.ToNanoseconds()) for job in ended)
+        assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(runs))  # never 2 at once
+        a.edit(build_request(png(guide16), t0=0.3, steps=2, seed=1), timeout=30)  # every place released
+
+
+def test_submit_is_charged_work_only_so_a_tenant_at_its_limit_queues_a_job_that_runs_when_a_place_frees(
+        make_server, tmp_path, guide16):
+    tokens = write_tokens(tmp_path / "tokens.json", [
+        {"name": "a", "token": TOKEN_A, "max_in_flight": 1, "work_per_minute": 400}])
+    srv = make_server(wrap_model=counting(0.01), auth_tokens_file=str(tokens), job_poll_seconds=0.1, cache="none")
+    with Client(Connection(srv.address, token=TOKEN_A)) as a:
+        direct = a.stub.Edit.future(long_request(seed=1, steps=300, repeats=1), timeout=60)  # 300 of 400 work
+        wait_for(lambda: srv.running.metrics.registry.get_sample_value("sdedit_edits_in_flight") == 1, 30, 0.02,
+                 "the direct edit running")
+        job = a.stub.SubmitEdit(long_request(seed=2, steps=60, repeats=1), timeout=10)  # charged 60: 40 left
+        assert job.state == pb.JOB_STATE_QUEUED
+        assert not direct.done() and get_job(a, job.id).state == pb.JOB_STATE_QUEUED  # waits for the place
+        direct.result(60)
+        done = wait_state(a, job.id, {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED})
+        assert done.state == pb.JOB_STATE_SUCCEEDED and done.attempts == 1  # its run is not charged again

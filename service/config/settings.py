@@ -87,7 +87,8 @@ class Settings:
     quota_fail_open: bool = SECURITY.setting(True, "when the quota store (Redis) is down: admit (true) or refuse with "
                                              "UNAVAILABLE (false); either way counted in sdedit_quota_store_errors_total")
     quota_lease_seconds: float = SECURITY.setting(900.0, "an edit counts against its tenant's max_in_flight in Redis at most "
-                                                  "this long (a replica that died mid-edit frees its share after it)")
+                                                  "this long (a replica that died mid-edit frees its share after it); a "
+                                                  "running job renews its lease every third of it")
 
     model_repository: Path = MODELS.setting(_default_repository, "folder of <model>/config.pbtxt + 1/model.onnx")
     default_model: str = MODELS.setting("digits", "model used when a request names none")

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from service.config import Settings
@@ -43,16 +43,18 @@ class JobEnd:
 class JobManager:
     def __init__(self, settings: Settings, store: JobStore, service: EditService, codec: JobCodec,
                  webhooks: Webhooks | None = None, tenant_of: Callable[[str], Tenant | None] | None = None,
-                 observer: JobsObserver | None = None):
+                 observer: JobsObserver | None = None, hold: Callable[[Tenant], Awaitable[object | None]] | None = None):
         """tenant_of(name): the tenant a job's owner names now (None: unknown, e.g. removed from
         the tokens file): its job runs with that tenant's weight in the batch scheduler's fair share.
-        observer: told of submissions, runs and ends (service/metrics/jobs.py); None: the service's metrics."""
+        observer: told of submissions, runs and ends (service/metrics/jobs.py); None: the service's metrics.
+        hold(tenant): a place in the tenant's max_in_flight for a job's run (service/tenancy/auth.py
+        Gate.hold); None: runs hold none."""
         self.settings, self.store, self.service, self.codec = settings, store, service, codec
         self.observer: JobsObserver = observer if observer is not None else service.metrics
         self.tenant_of = tenant_of
         self.webhooks = webhooks  # None: webhook URLs are refused
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{new_job_id()[:8]}"
-        self.workers = JobWorkers(settings, store, service, codec, self.consumer, self.observer, self._ended, tenant_of)
+        self.workers = JobWorkers(settings, store, service, codec, self.consumer, self.observer, self._ended, tenant_of, hold)
         self._logged = -LOG_EVERY_SECONDS  # when a store failure was last logged (time.monotonic())
 
     @property

@@ -274,6 +274,13 @@ class RedisJobStore:
                 result or b"", claim.entry if claim else "", GROUP]
         return bool(await self._call(self._finish(keys=keys, args=args)))
 
+    async def defer(self, claim: Claim) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xadd(self._queue(claim.lane), {"id": claim.job_id})
+        pipe.xack(self._queue(claim.lane), GROUP, claim.entry)
+        pipe.xdel(self._queue(claim.lane), claim.entry)
+        await self._call(pipe.execute())
+
     async def ack(self, claim: Claim) -> None:
         pipe = self._redis.pipeline(transaction=True)
         pipe.xack(self._queue(claim.lane), GROUP, claim.entry)

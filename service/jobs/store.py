@@ -56,6 +56,10 @@ class JobStore(Protocol):
     async def requeue(self, job_id: str) -> None:
         """running -> queued: its run stopped without an ending (the replica is stopping)."""
 
+    async def defer(self, claim: Claim) -> None:
+        """A claimed job that did not start (its tenant is at max_in_flight) goes back, still
+        queued, to the end of its lane: the jobs behind it are claimed first."""
+
     async def event(self, job_id: str, payload: bytes, progress: Progress) -> int:
         """Appends a progress event of a running job; its sequence, or 0 when not running."""
 
@@ -150,6 +154,10 @@ class MemoryJobStore:
             return None
         record.state, record.attempts, record.started, record.progress = RUNNING, record.attempts + 1, now, None
         return replace(record)
+
+    async def defer(self, claim: Claim) -> None:
+        if claim.job_id in self._records:
+            heapq.heappush(self._queue, (LANES.index(claim.lane), next(self._order), claim.job_id))
 
     async def requeue(self, job_id: str) -> None:
         record = self._records.get(job_id)

@@ -11,7 +11,8 @@ does with the `Call` it gets back.
 
 The token is checked before the request is even parsed; an edit's rights on its model before
 it is planned; its plan (service/pipeline/plan.py) before anything is charged; its quota lease
-last, released when the call ends. The tenant travels as plain data on the Call (and, for code
+last, released when the call ends. SubmitEdit is charged its work only: its job's run, not the
+submit, holds a place in the tenant's max_in_flight (service/jobs/worker.py). The tenant travels as plain data on the Call (and, for code
 below the handler, as service.tenancy.tenants.current_tenant()).
 """
 
@@ -97,7 +98,7 @@ class CallPipeline:
             precheck = self.prechecks.get(method)
             if precheck is not None:
                 precheck(call)
-            lease = await self.gate.lease(tenant, call.plan.work)
+            lease = await self.gate.lease(tenant, call.plan.work, in_flight=method != SUBMIT_EDIT)
         token = set_current_tenant(tenant)
         try:
             with self._stream_slot(method, tenant):

@@ -11,6 +11,7 @@ applies before any handler runs. Handlers never see a token; they get the Tenant
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -25,6 +26,8 @@ DISCOVERY_METHODS = frozenset({"/sdedit.v1.ImageEditor/ListModels",
 
 class Lease(Protocol):
     def release(self) -> None: ...
+
+    async def renew(self) -> None: ...
 
 
 class GateObserver(Protocol):
@@ -105,9 +108,12 @@ class Gate:
             raise self._reject(tenant.name, "permission_denied",
                                PermissionDenied(f"tenant {tenant.name!r} may not use model {model!r}"))
 
-    async def lease(self, tenant: Tenant, work: int) -> Lease | None:
+    async def lease(self, tenant: Tenant, work: int, in_flight: bool = True) -> Lease | None:
         """The tenant's quotas for an edit of `work` (network calls x images): a lease to release
-        when the call ends (None: nothing to hold); raises QuotaExceeded."""
+        when the call ends (None: nothing to hold); raises QuotaExceeded. in_flight=False: the
+        work is charged, max_in_flight neither checked nor held (SubmitEdit: its job's run holds it)."""
+        if not in_flight:
+            tenant = dataclasses.replace(tenant, max_in_flight=0) if tenant is not ANONYMOUS else tenant
         if tenant is ANONYMOUS or self.quotas is None or (not tenant.max_in_flight and not tenant.work_per_minute):
             return None
         try:
@@ -117,3 +123,11 @@ class Gate:
             if quota is not None and self.observer is not None:
                 self.observer.tenant_rejected(tenant.name, quota)
             raise
+
+    async def hold(self, tenant: Tenant) -> Lease | None:
+        """A place in the tenant's max_in_flight for a job's run (its work was charged at submit):
+        a lease to renew while it runs and release when it ends (None: nothing to hold); raises
+        QuotaExceeded while the tenant is at its limit (not counted as a rejection: the job waits)."""
+        if tenant is ANONYMOUS or self.quotas is None or not tenant.max_in_flight:
+            return None
+        return await self.quotas.acquire(dataclasses.replace(tenant, work_per_minute=0), 0)

@@ -10,7 +10,8 @@ for in-flight edits). A request costing more than the whole per-minute quota can
 PERMISSION_DENIED.
 
 In Redis an edit in flight is a member of the tenant's sorted set, scored by its lease's end
-(`quota_lease_seconds`): a replica that dies mid-edit frees its share when the lease ends.
+(`quota_lease_seconds`): a replica that dies mid-edit frees its share when the lease ends. A
+holder that runs longer (a job) renews its lease every third of that (`Lease.renew`).
 When Redis fails, `quota_fail_open` decides: admit (default) or UNAVAILABLE; either way the
 decision is counted (sdedit_quota_store_errors_total{decision}).
 """
@@ -21,7 +22,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from service.errors import PermissionDenied, QuotaExceeded, Unavailable
@@ -62,12 +63,30 @@ end
 return {1, "", 0}
 """
 
+RENEW = """
+-- KEYS[1]: the tenant's in-flight set; ARGV: lease id, lease ms. 0 when the lease had lapsed
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call("zscore", KEYS[1], ARGV[1]) then return 0 end
+redis.call("zadd", KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call("pexpire", KEYS[1], tonumber(ARGV[2]) + 1000)
+return 1
+"""
+
 
 class Lease:
-    """One admitted edit's hold on its tenant's in-flight quota; released once."""
+    """One admitted edit's hold on its tenant's in-flight quota; released once, renewed by a
+    holder that may outlive `quota_lease_seconds` (a job's run)."""
 
-    def __init__(self, release: Callable[[], None] | None = None):
+    def __init__(self, release: Callable[[], None] | None = None,
+                 renew: Callable[[], Awaitable[None]] | None = None):
         self._release = release
+        self._renew = renew
+
+    async def renew(self) -> None:
+        """Extends the hold by another `quota_lease_seconds` (nothing once released)."""
+        if self._release is not None and self._renew is not None:
+            await self._renew()
 
     def release(self) -> None:
         release, self._release = self._release, None
@@ -109,6 +128,11 @@ class MemoryQuotaStore:
     async def release(self, tenant: Tenant, lease_id: str) -> None:
         self.in_flight.get(tenant.name, {}).pop(lease_id, None)
 
+    async def renew(self, tenant: Tenant, lease_id: str, lease_seconds: float) -> None:
+        held = self.in_flight.get(tenant.name, {})
+        if lease_id in held:
+            held[lease_id] = time.monotonic() + lease_seconds
+
 
 class RedisQuotaStore:
     """The limits in Redis, one atomic script per admission: shared by every replica."""
@@ -116,6 +140,7 @@ class RedisQuotaStore:
     def __init__(self, redis, key_prefix: str):
         self._redis = redis
         self._acquire = redis.register_script(ACQUIRE)
+        self._renew = redis.register_script(RENEW)
         self._base = f"{key_prefix}:quota"
 
     def _keys(self, tenant: Tenant) -> list[str]:
@@ -129,6 +154,9 @@ class RedisQuotaStore:
 
     async def release(self, tenant: Tenant, lease_id: str) -> None:
         await self._redis.zrem(self._keys(tenant)[0], lease_id)
+
+    async def renew(self, tenant: Tenant, lease_id: str, lease_seconds: float) -> None:
+        await self._renew(keys=self._keys(tenant)[:1], args=[lease_id, max(1, round(lease_seconds * 1000))])
 
 
 class QuotaObserver:
@@ -171,7 +199,13 @@ class Quotas:
                                 max(retry, 0.001), quota)
         if not tenant.max_in_flight:
             return Lease()
-        return Lease(lambda: self._release(tenant, lease_id))
+        return Lease(lambda: self._release(tenant, lease_id), lambda: self._renew(tenant, lease_id))
+
+    async def _renew(self, tenant: Tenant, lease_id: str) -> None:
+        try:
+            await asyncio.wait_for(self.store.renew(tenant, lease_id, self.lease_seconds), self.timeout)
+        except Exception as exc:  # noqa: BLE001 - the next renewal tries again; the lease is long
+            log.warning("quota lease not renewed (%s)", exc)
 
     def _release(self, tenant: Tenant, lease_id: str) -> None:
         async def release() -> None:
