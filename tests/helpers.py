@@ -219,3 +219,18 @@ class NeverRetrieved(logging.Handler):
         with self.lock:
             found, self.found = self.found, []
         return found
+
+
+def error_of(response, code: int, status: str) -> dict:
+    """The AIP-193 JSON error of an HTTP answer, checked to have this HTTP code and status."""
+    assert response.status_code == code, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["code"] == code and error["status"] == status, error
+    return error
+
+
+def violated_field(error: dict) -> str:
+    """The field the google.rpc.BadRequest of an AIP-193 error names."""
+    bad = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
+    return bad[0]["fieldViolations"][0]["field"]

@@ -13,21 +13,9 @@ import pytest
 import requests
 
 from service.transport.http.pages import STATIC_DIR
-from tests.helpers import TOKEN_A, b64, png, two_tenants
+from tests.helpers import TOKEN_A, b64, error_of, png, two_tenants, violated_field
 
 AUTH_A = {"Authorization": f"Bearer {TOKEN_A}"}
-
-
-def error_of(response: requests.Response, code: int, status: str) -> dict:
-    assert response.status_code == code, response.text
-    error = response.json()["error"]
-    assert error["code"] == code and error["status"] == status, error
-    return error
-
-
-def violated_field(error: dict) -> str:
-    bad = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
-    return bad[0]["fieldViolations"][0]["field"]
 
 
 def assert_quiet_log(caplog, *secrets: str) -> None:

@@ -19,26 +19,13 @@ from service.client import build_request
 from service.client.connection import Connection
 from service.testing.servers import wait_for
 from tests.certs import ServedFiles, serial_of
-from tests.helpers import TOKEN_A, TOKEN_B, b64, png, served_serial, two_tenants, write_tokens
+from tests.helpers import TOKEN_A, TOKEN_B, b64, error_of, png, served_serial, two_tenants, violated_field, write_tokens
 from tests.models_for_tests import counting
 
 
 def grpc_edit(srv, request: pb.EditRequest) -> pb.EditResponse:
     with Connection(srv.address).channel() as channel:
         return sdedit_pb2_grpc.ImageEditorStub(channel).Edit(request, timeout=30)
-
-
-def error_of(response: requests.Response, code: int, status: str) -> dict:
-    assert response.status_code == code, response.text
-    assert response.headers["Content-Type"].startswith("application/json")
-    error = response.json()["error"]
-    assert error["code"] == code and error["status"] == status, error
-    return error
-
-
-def violated_field(error: dict) -> str:
-    bad = [d for d in error["details"] if d["@type"].endswith("google.rpc.BadRequest")]
-    return bad[0]["fieldViolations"][0]["field"]
 
 
 def read_events(response: requests.Response) -> list[dict]:
